@@ -1,0 +1,50 @@
+//! The message on the NATS wire and in Redis history: JSON with the seed's field names, so any NATS
+//! client can read it.
+
+use serde::{Deserialize, Serialize};
+
+/// One stored message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireMessage {
+    pub channelid: String,
+    pub userid: String,
+    pub text: String,
+    /// Unix nanoseconds, strictly increasing within a channel.
+    pub ts: i64,
+    /// Position in the channel, strictly increasing.
+    pub seq: u64,
+    pub id: String,
+}
+
+impl WireMessage {
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a struct of strings and integers always serializes")
+    }
+
+    pub fn from_json(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_the_seed_field_names() {
+        let m = WireMessage {
+            channelid: "chat".into(),
+            userid: "u1".into(),
+            text: "hi".into(),
+            ts: 1_700_000_000_000_000_001,
+            seq: 7,
+            id: "x".into(),
+        };
+        let json = String::from_utf8(m.to_json()).unwrap();
+        assert_eq!(
+            json,
+            r#"{"channelid":"chat","userid":"u1","text":"hi","ts":1700000000000000001,"seq":7,"id":"x"}"#
+        );
+        assert_eq!(WireMessage::from_json(json.as_bytes()).unwrap(), m);
+    }
+}

@@ -1,0 +1,12 @@
+//! Compiles `proto/relay/v1/relay.proto` with protox (pure Rust: no `protoc` needed).
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let proto_dir = "../proto";
+    let file = "../proto/relay/v1/relay.proto";
+    println!("cargo:rerun-if-changed={file}");
+    let fds = protox::compile([file], [proto_dir])?;
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(out.join("relay_descriptor.bin"), prost::Message::encode_to_vec(&fds))?;
+    tonic_prost_build::configure().compile_fds(fds)?;
+    Ok(())
+}

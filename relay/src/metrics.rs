@@ -1,0 +1,73 @@
+//! Prometheus metrics, served on the admin port at `/metrics`.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+struct Metrics {
+    registry: Registry,
+    rpcs: Family<Vec<(String, String)>, Counter>,
+    publish_seconds: Histogram,
+    auth_call_seconds: Histogram,
+    deliveries: Counter,
+    streams: Gauge,
+    topics: Gauge,
+}
+
+fn metrics() -> &'static Metrics {
+    static M: OnceLock<Metrics> = OnceLock::new();
+    M.get_or_init(|| {
+        let mut registry = Registry::with_prefix("relay");
+        let rpcs = Family::default();
+        registry.register("rpcs", "Finished calls by method and gRPC code", rpcs.clone());
+        let publish_seconds = Histogram::new(exponential_buckets(0.0002, 2.0, 16));
+        registry.register("publish_seconds", "Publish latency: token check to reply", publish_seconds.clone());
+        let auth_call_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 12));
+        registry.register("pocketbase_call_seconds", "Calls to PocketBase auth-refresh (cache misses)", auth_call_seconds.clone());
+        let deliveries = Counter::default();
+        registry.register("deliveries", "Messages written to Subscribe streams", deliveries.clone());
+        let streams = Gauge::default();
+        registry.register("streams", "Open Subscribe streams", streams.clone());
+        let topics = Gauge::default();
+        registry.register("topics", "Channels with a broadcast subscription on this replica", topics.clone());
+        Metrics { registry, rpcs, publish_seconds, auth_call_seconds, deliveries, streams, topics }
+    })
+}
+
+/// Counts a finished call.
+pub fn rpc(method: &str, code: tonic::Code) {
+    metrics().rpcs.get_or_create(&vec![("method".into(), method.into()), ("code".into(), format!("{code:?}"))]).inc();
+}
+
+pub fn observe_publish(d: Duration) {
+    metrics().publish_seconds.observe(d.as_secs_f64());
+}
+
+pub fn observe_auth_call(d: Duration) {
+    metrics().auth_call_seconds.observe(d.as_secs_f64());
+}
+
+pub fn delivered(n: u64) {
+    metrics().deliveries.inc_by(n);
+}
+
+pub fn streams() -> &'static Gauge {
+    &metrics().streams
+}
+
+pub fn topics() -> &'static Gauge {
+    &metrics().topics
+}
+
+/// The text exposition format.
+pub fn render() -> String {
+    let mut out = String::new();
+    encode(&mut out, &metrics().registry).expect("writing to a String cannot fail");
+    out
+}

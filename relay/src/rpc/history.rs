@@ -1,0 +1,36 @@
+//! History: one page of a channel's history, oldest first.
+
+use std::time::Duration;
+
+use tonic::Request;
+
+use crate::Relay;
+use crate::error::{Error, Result};
+use crate::proto::{HistoryRequest, HistoryResponse};
+
+const DEFAULT_LIMIT: u32 = 100;
+const MAX_LIMIT: u32 = 1000;
+
+pub async fn history(relay: &Relay, req: Request<HistoryRequest>) -> Result<HistoryResponse> {
+    let user = relay.verifier.verify_metadata(req.metadata()).await?;
+    let req = req.into_inner();
+    let channel = super::channel_id(&req.channelid)?;
+    let cursor = super::cursor(req.cursor.as_ref())?;
+    let limit = match req.limit {
+        0 => DEFAULT_LIMIT,
+        n if n > MAX_LIMIT => {
+            return Err(Error::InvalidArgument(format!("limit {n} is over the maximum of {MAX_LIMIT}")));
+        }
+        n => n,
+    } as usize;
+    let governed = relay.settings.get(&channel).await?;
+    if !governed.settings.access.subscribe.allows(&user.id, &channel) {
+        return Err(Error::PermissionDenied(format!("user {} may not read {channel}", user.id)));
+    }
+    let max_age = Some(Duration::from_secs(governed.settings.history.max_age_secs));
+    let page = match cursor {
+        Some(after) => relay.store.after(channel.as_str(), after, limit, max_age).await?,
+        None => relay.store.latest(channel.as_str(), limit, max_age).await?,
+    };
+    Ok(HistoryResponse { messages: page.messages.into_iter().map(Into::into).collect(), more: page.more })
+}

@@ -1,0 +1,180 @@
+//! The listeners and the process lifecycle: gRPC + gRPC-web on one port, admin on another, and a
+//! graceful shutdown that tells clients to go elsewhere before the process leaves.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use http::HeaderName;
+use tokio::net::TcpListener;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::config::Config;
+use crate::proto::relay_service_server::RelayServiceServer;
+use crate::{Relay, auth, hub, metrics, rate, rpc, settings, store};
+
+/// Bound listeners, so callers (and tests) learn the real ports before serving.
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    pub async fn bind(config: &Config) -> anyhow::Result<Self> {
+        let grpc = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+        let admin =
+            TcpListener::bind(config.admin_listen).await.with_context(|| format!("binding {}", config.admin_listen))?;
+        Ok(Self { grpc, admin })
+    }
+}
+
+/// Connects to NATS and Redis (both lazily: the relay starts, not ready, while they are down) and
+/// builds the shared state.
+pub async fn connect(config: Config) -> anyhow::Result<Arc<Relay>> {
+    let store = store::Store::new(&config.redis_url)?;
+    let (reconnected, _) = broadcast::channel(16);
+    let events = reconnected.clone();
+    let nats = async_nats::ConnectOptions::new()
+        .name("relay")
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .event_callback(move |event| {
+            let events = events.clone();
+            async move {
+                tracing::info!(%event, "nats");
+                if matches!(event, async_nats::Event::Connected) {
+                    let _ = events.send(());
+                }
+            }
+        })
+        .connect(&config.nats_url)
+        .await
+        .with_context(|| format!("connecting to NATS at {}", config.nats_url))?;
+    let verifier = auth::Verifier::new(
+        &config.pocketbase_url,
+        &config.pocketbase_collection,
+        config.auth_cache_ttl,
+        config.pocketbase_timeout,
+    )?;
+    Ok(Arc::new(Relay {
+        settings: settings::SettingsCache::new(store.clone(), config.settings_ttl, config.undeclared_channels),
+        hub: hub::Hub::new(nats.clone(), store.clone(), config.stream_buffer, reconnected),
+        jetstream: async_nats::jetstream::new(nats.clone()),
+        rate: rate::RateLimiter::default(),
+        stream_slots: rpc::subscribe::StreamSlots::new(config.max_streams_per_user),
+        shutdown: CancellationToken::new(),
+        verifier,
+        store,
+        nats,
+        config,
+    }))
+}
+
+/// Serves until `signal` resolves, then shuts down gracefully: readiness goes false, streams end
+/// with UNAVAILABLE, in-flight calls get `shutdown_grace` to finish.
+pub async fn serve(relay: Arc<Relay>, listeners: Listeners, signal: impl Future<Output = ()>) -> anyhow::Result<()> {
+    tokio::spawn(follow_settings_changes(relay.clone()));
+    let admin = tokio::spawn(serve_admin(relay.clone(), listeners.admin));
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<RelayServiceServer<rpc::Service>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+
+    let stopping = CancellationToken::new();
+    let grpc = {
+        let stopping = stopping.clone();
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listeners.grpc);
+        tonic::transport::Server::builder()
+            // Browsers speak gRPC-web over HTTP/1.1; native clients HTTP/2, on the same port.
+            .accept_http1(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .tcp_nodelay(true)
+            // CORS first: a preflight must be answered before gRPC-web translation.
+            .layer(cors(&relay.config.cors_origins))
+            // gRPC-web -> gRPC for the services below; plain gRPC passes through.
+            .layer(tonic_web::GrpcWebLayer::new())
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(RelayServiceServer::new(rpc::Service::new(relay.clone())))
+            .serve_with_incoming_shutdown(incoming, async move { stopping.cancelled().await })
+    };
+    let grpc = tokio::spawn(grpc);
+
+    signal.await;
+    tracing::info!("shutting down: not ready, ending streams, finishing in-flight calls");
+    health.set_not_serving::<RelayServiceServer<rpc::Service>>().await;
+    relay.shutdown.cancel();
+    stopping.cancel();
+    match tokio::time::timeout(relay.config.shutdown_grace, grpc).await {
+        Ok(joined) => joined??,
+        Err(_) => tracing::warn!(grace = ?relay.config.shutdown_grace, "calls still running after the grace period"),
+    }
+    admin.abort();
+    relay.nats.flush().await.ok();
+    Ok(())
+}
+
+fn cors(origins: &[String]) -> CorsLayer {
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| o.parse().ok()))
+    };
+    CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([http::Method::POST, http::Method::OPTIONS])
+        .allow_headers(tower_http::cors::Any)
+        .expose_headers(
+            ["grpc-status", "grpc-message", "grpc-status-details-bin"].map(HeaderName::from_static),
+        )
+        .max_age(Duration::from_secs(3600))
+}
+
+/// Drops cached channel settings when the operator announces a change.
+async fn follow_settings_changes(relay: Arc<Relay>) {
+    use futures::StreamExt;
+    let mut sub = match relay.nats.subscribe(relay_channel::names::SETTINGS_CHANGED_SUBJECT).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot follow settings changes; relying on the cache TTL");
+            return;
+        }
+    };
+    while let Some(msg) = sub.next().await {
+        tracing::info!(channel = %String::from_utf8_lossy(&msg.payload), "channel settings changed");
+        relay.settings.invalidate();
+    }
+}
+
+async fn serve_admin(relay: Arc<Relay>, listener: TcpListener) -> anyhow::Result<()> {
+    let app = axum::Router::new()
+        .route("/metrics", get(|| async { metrics::render() }))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .with_state(relay);
+    axum::serve(listener, app).await?;
+    Ok(())
+}
+
+/// Ready while not shutting down and both NATS and Redis answer.
+async fn ready(State(relay): State<Arc<Relay>>) -> (StatusCode, String) {
+    if relay.shutdown.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down".into());
+    }
+    if relay.nats.connection_state() != async_nats::connection::State::Connected {
+        return (StatusCode::SERVICE_UNAVAILABLE, "nats: not connected".into());
+    }
+    match tokio::time::timeout(Duration::from_secs(1), relay.store.ping()).await {
+        Ok(Ok(())) => (StatusCode::OK, "ready".into()),
+        Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("redis: {e}")),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "redis: no answer within 1s".into()),
+    }
+}

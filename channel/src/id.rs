@@ -38,10 +38,7 @@ impl ChannelId {
             if token.is_empty() {
                 return Err(InvalidChannelId::EmptyToken);
             }
-            if let Some(c) = token
-                .chars()
-                .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
-            {
+            if let Some(c) = token.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-')) {
                 return Err(InvalidChannelId::BadChar(c));
             }
         }

@@ -41,10 +41,7 @@ mod tests {
             id: "x".into(),
         };
         let json = String::from_utf8(m.to_json()).unwrap();
-        assert_eq!(
-            json,
-            r#"{"channelid":"chat","userid":"u1","text":"hi","ts":1700000000000000001,"seq":7,"id":"x"}"#
-        );
+        assert_eq!(json, r#"{"channelid":"chat","userid":"u1","text":"hi","ts":1700000000000000001,"seq":7,"id":"x"}"#);
         assert_eq!(WireMessage::from_json(json.as_bytes()).unwrap(), m);
     }
 }

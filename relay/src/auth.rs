@@ -76,7 +76,9 @@ impl Verifier {
     pub async fn verify_metadata(&self, md: &tonic::metadata::MetadataMap) -> Result<User> {
         let raw = md
             .get("authorization")
-            .ok_or_else(|| Error::Unauthenticated("missing authorization metadata: send 'Bearer <PocketBase token>'".into()))?
+            .ok_or_else(|| {
+                Error::Unauthenticated("missing authorization metadata: send 'Bearer <PocketBase token>'".into())
+            })?
             .to_str()
             .map_err(|_| Error::Unauthenticated("authorization metadata is not ASCII".into()))?;
         let token = raw.strip_prefix("Bearer ").or_else(|| raw.strip_prefix("bearer ")).unwrap_or(raw).trim();
@@ -85,7 +87,8 @@ impl Verifier {
 
     /// Verifies one token, from cache when it can.
     pub async fn verify(&self, token: &str) -> Result<User> {
-        let exp = token_expiry(token).ok_or_else(|| Error::Unauthenticated("token is not a PocketBase token".into()))?;
+        let exp =
+            token_expiry(token).ok_or_else(|| Error::Unauthenticated("token is not a PocketBase token".into()))?;
         if exp <= SystemTime::now() {
             return Err(Error::Unauthenticated("token has expired; log in again".into()));
         }
@@ -214,16 +217,16 @@ mod tests {
     #[tokio::test]
     async fn refuses_expired_and_malformed_tokens_without_a_call() {
         // Port 9 (discard) is never asked: these are refused before any call.
-        let v = Verifier::new("http://127.0.0.1:9", "users", Duration::from_secs(60), Duration::from_millis(200))
-            .unwrap();
+        let v =
+            Verifier::new("http://127.0.0.1:9", "users", Duration::from_secs(60), Duration::from_millis(200)).unwrap();
         assert!(matches!(v.verify("nope").await, Err(Error::Unauthenticated(_))));
         assert!(matches!(v.verify(&jwt(r#"{"exp":1}"#)).await, Err(Error::Unauthenticated(_))));
     }
 
     #[tokio::test]
     async fn unreachable_pocketbase_is_unavailable_and_not_cached() {
-        let v = Verifier::new("http://127.0.0.1:9", "users", Duration::from_secs(60), Duration::from_millis(200))
-            .unwrap();
+        let v =
+            Verifier::new("http://127.0.0.1:9", "users", Duration::from_secs(60), Duration::from_millis(200)).unwrap();
         let t = jwt(r#"{"id":"u1","exp":4000000000}"#);
         assert!(matches!(v.verify(&t).await, Err(Error::Unavailable { .. })));
         assert!(v.inner.cache.lock().unwrap().is_empty());

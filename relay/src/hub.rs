@@ -109,10 +109,12 @@ impl Hub {
             return Ok(t);
         }
         topics.retain(|_, t| t.strong_count() > 0);
-        let sub = self.nats.subscribe(names::subject(channel)).await.map_err(|e| Error::unavailable("nats subscribe", e))?;
+        let sub =
+            self.nats.subscribe(names::subject(channel)).await.map_err(|e| Error::unavailable("nats subscribe", e))?;
         self.nats.flush().await.map_err(|e| Error::unavailable("nats flush", e))?;
         let (tx, _) = broadcast::channel(self.capacity);
-        let task = tokio::spawn(pump(channel.to_owned(), sub, tx.clone(), self.store.clone(), self.reconnected.subscribe()));
+        let task =
+            tokio::spawn(pump(channel.to_owned(), sub, tx.clone(), self.store.clone(), self.reconnected.subscribe()));
         let topic = Arc::new(Topic { tx, task: task.abort_handle() });
         topics.insert(channel.to_owned(), Arc::downgrade(&topic));
         crate::metrics::topics().set(topics.len() as i64);

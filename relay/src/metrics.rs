@@ -29,7 +29,11 @@ fn metrics() -> &'static Metrics {
         let publish_seconds = Histogram::new(exponential_buckets(0.0002, 2.0, 16));
         registry.register("publish_seconds", "Publish latency: token check to reply", publish_seconds.clone());
         let auth_call_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 12));
-        registry.register("pocketbase_call_seconds", "Calls to PocketBase auth-refresh (cache misses)", auth_call_seconds.clone());
+        registry.register(
+            "pocketbase_call_seconds",
+            "Calls to PocketBase auth-refresh (cache misses)",
+            auth_call_seconds.clone(),
+        );
         let deliveries = Counter::default();
         registry.register("deliveries", "Messages written to Subscribe streams", deliveries.clone());
         let streams = Gauge::default();

@@ -30,9 +30,7 @@ impl RateLimiter {
         if buckets.len() > SWEEP_ABOVE {
             buckets.retain(|_, b| b.tokens + now.duration_since(b.at).as_secs_f64() * rate < rate);
         }
-        let b = buckets
-            .entry((channel.to_owned(), user.to_owned()))
-            .or_insert(Bucket { tokens: rate, at: now });
+        let b = buckets.entry((channel.to_owned(), user.to_owned())).or_insert(Bucket { tokens: rate, at: now });
         b.tokens = (b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * rate).min(rate);
         b.at = now;
         if b.tokens >= 1.0 {

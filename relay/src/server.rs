@@ -132,9 +132,7 @@ fn cors(origins: &[String]) -> CorsLayer {
         .allow_origin(allow)
         .allow_methods([http::Method::POST, http::Method::OPTIONS])
         .allow_headers(tower_http::cors::Any)
-        .expose_headers(
-            ["grpc-status", "grpc-message", "grpc-status-details-bin"].map(HeaderName::from_static),
-        )
+        .expose_headers(["grpc-status", "grpc-message", "grpc-status-details-bin"].map(HeaderName::from_static))
         .max_age(Duration::from_secs(3600))
 }
 

@@ -67,7 +67,9 @@ impl SettingsCache {
             }
         }
         match self.undeclared {
-            Undeclared::Allow => Ok(Governed { declared_by: channel.to_string(), settings: ChannelSettings::default() }),
+            Undeclared::Allow => {
+                Ok(Governed { declared_by: channel.to_string(), settings: ChannelSettings::default() })
+            }
             Undeclared::Deny => Err(Error::NotFound(format!(
                 "channel {channel:?} is not declared: create a RelayChannel for it (or one of its parents)"
             ))),

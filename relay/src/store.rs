@@ -125,7 +125,8 @@ impl Store {
             .set_response_timeout(Some(Duration::from_secs(3)))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_secs(1));
-        let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(|e| Error::unavailable("redis", e))?;
+        let conn =
+            ConnectionManager::new_lazy_with_config(client, config).map_err(|e| Error::unavailable("redis", e))?;
         Ok(Self { conn, append: redis::Script::new(APPEND) })
     }
 
@@ -223,7 +224,8 @@ impl Store {
     /// published) and the oldest message history still holds.
     pub async fn bounds(&self, channel: &str) -> Result<Bounds> {
         let mut conn = self.conn.clone();
-        let ((seq, ts_s, ts_ns), oldest): ((Option<u64>, Option<i64>, Option<i64>), Vec<Entry>) = redis::pipe()
+        type Meta = (Option<u64>, Option<i64>, Option<i64>);
+        let ((seq, ts_s, ts_ns), oldest): (Meta, Vec<Entry>) = redis::pipe()
             .cmd("HMGET")
             .arg(names::meta_key(channel))
             .arg(&["seq", "ts_s", "ts_ns"])
@@ -301,7 +303,14 @@ fn drop_expired(messages: &mut Vec<WireMessage>, max_age: Option<Duration>) {
 /// One stream entry (`<seq>-0`, fields u t ts id) as a message; None for an entry not of ours.
 fn parse(channel: &str, (id, fields): Entry) -> Option<WireMessage> {
     let seq = id.strip_suffix("-0")?.parse().ok()?;
-    let mut m = WireMessage { channelid: channel.to_owned(), userid: String::new(), text: String::new(), ts: 0, seq, id: String::new() };
+    let mut m = WireMessage {
+        channelid: channel.to_owned(),
+        userid: String::new(),
+        text: String::new(),
+        ts: 0,
+        seq,
+        id: String::new(),
+    };
     let mut it = fields.into_iter();
     while let (Some(k), Some(v)) = (it.next(), it.next()) {
         match k.as_str() {

@@ -105,16 +105,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Subscribe { ref channels, since_seq, since_ts } => {
             let mut client = connect(&cli.relay).await?;
             let cursor = cursor(since_seq, since_ts);
-            let channels = channels
-                .iter()
-                .map(|c| ChannelSubscription { channelid: c.clone(), cursor: cursor.clone() })
-                .collect();
+            let channels =
+                channels.iter().map(|c| ChannelSubscription { channelid: c.clone(), cursor }).collect();
             let mut stream = client.subscribe(authed(&cli.token, SubscribeRequest { channels })?).await?.into_inner();
             while let Some(event) = stream.next().await {
                 match event?.event {
                     Some(Event::Message(m)) => print_message(&m),
                     Some(Event::Recovery(r)) if !r.recovered => {
-                        eprintln!("# {}: history does not reach back to the cursor; messages may be missing", r.channelid)
+                        eprintln!(
+                            "# {}: history does not reach back to the cursor; messages may be missing",
+                            r.channelid
+                        )
                     }
                     _ => {}
                 }
@@ -163,7 +164,11 @@ async fn login(pocketbase: &str, collection: &str, identity: &str, password: &st
         .await
         .with_context(|| format!("calling {url}"))?;
     let status = reply.status();
-    anyhow::ensure!(status.is_success(), "PocketBase refused the login ({status}): {}", reply.text().await.unwrap_or_default());
+    anyhow::ensure!(
+        status.is_success(),
+        "PocketBase refused the login ({status}): {}",
+        reply.text().await.unwrap_or_default()
+    );
     Ok(reply.json::<Auth>().await?.token)
 }
 

@@ -43,7 +43,10 @@ impl proto::relay_service_server::RelayService for Service {
 
     type SubscribeStream = subscribe::ResponseStream;
 
-    async fn subscribe(&self, req: Request<proto::SubscribeRequest>) -> Result<Response<Self::SubscribeStream>, Status> {
+    async fn subscribe(
+        &self,
+        req: Request<proto::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
         finish("Subscribe", subscribe::subscribe(self.relay.clone(), req).await)
     }
 

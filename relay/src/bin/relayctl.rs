@@ -105,8 +105,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Subscribe { ref channels, since_seq, since_ts } => {
             let mut client = connect(&cli.relay).await?;
             let cursor = cursor(since_seq, since_ts);
-            let channels =
-                channels.iter().map(|c| ChannelSubscription { channelid: c.clone(), cursor }).collect();
+            let channels = channels.iter().map(|c| ChannelSubscription { channelid: c.clone(), cursor }).collect();
             let mut stream = client.subscribe(authed(&cli.token, SubscribeRequest { channels })?).await?.into_inner();
             while let Some(event) = stream.next().await {
                 match event?.event {

@@ -199,3 +199,76 @@ async fn queue_delivery_hands_each_message_to_exactly_one_subscriber() {
     assert_eq!(seen.len(), N, "every job delivered once");
     assert!(per[0] > 0 && per[1] > 0, "both workers got jobs: {per:?}");
 }
+
+#[tokio::test]
+async fn queue_delivery_through_a_jetstream_consumer_acks_each_message_once_delivered() {
+    use async_nats::jetstream::{consumer, stream};
+    let stack = Stack::start().await;
+    let (alice, w1, w2) = (
+        stack.pocketbase.create_user("alice").await,
+        stack.pocketbase.create_user("w1").await,
+        stack.pocketbase.create_user("w2").await,
+    );
+    let ch = unique("work");
+    // What the operator makes for a `queue` RelayChannel.
+    let js = async_nats::jetstream::new(async_nats::connect(stack.nats.url()).await.unwrap());
+    let stream_name = relay_channel::names::stream_name(&ch);
+    let js_stream = js
+        .create_stream(stream::Config {
+            name: stream_name.clone(),
+            subjects: vec![format!("events.{ch}"), format!("events.{ch}.>")],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    js_stream
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("relay-queue".into()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(5),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut settings = unlimited(Delivery::Queue);
+    settings.stream = Some(stream_name.clone());
+    settings.queue_consumer = Some("relay-queue".into());
+    stack.declare(&ch, &settings).await;
+
+    // Published before any worker is there: the durable consumer keeps the backlog.
+    let mut c = stack.client(0).await;
+    const BACKLOG: usize = 10;
+    const N: usize = 40;
+    for i in 0..BACKLOG {
+        c.publish(&alice.token, &ch, &format!("early{i}")).await.unwrap();
+    }
+    let mut a = stack.client(0).await.subscribe(&w1.token, &[(&ch, None)]).await.unwrap();
+    let mut b = stack.client(1).await.subscribe(&w2.token, &[(&ch, None)]).await.unwrap();
+    a.recovery().await;
+    b.recovery().await;
+    for i in BACKLOG..N {
+        c.publish(&alice.token, &ch, &format!("job{i}")).await.unwrap();
+    }
+    let mut seen = HashSet::new();
+    let mut per = [0usize; 2];
+    for (i, sub) in [&mut a, &mut b].into_iter().enumerate() {
+        while let Some(Ok(ev)) = sub.try_next(Duration::from_millis(700)).await {
+            if let Event::Message(m) = ev {
+                assert!(seen.insert(m.seq), "seq {} delivered twice", m.seq);
+                per[i] += 1;
+            }
+        }
+    }
+    assert_eq!(seen.len(), N, "every job delivered once, backlog included ({per:?})");
+    assert!(per[0] > 0 && per[1] > 0, "both workers got jobs: {per:?}");
+    // Every delivered message was acked.
+    relay_tests::eventually(T, "all acked", || {
+        let js_stream = js_stream.clone();
+        async move {
+            let mut consumer: consumer::PullConsumer = js_stream.get_consumer("relay-queue").await.unwrap();
+            let info = consumer.info().await.unwrap();
+            info.num_ack_pending == 0 && info.num_pending == 0 && info.ack_floor.stream_sequence == N as u64
+        }
+    })
+    .await;
+}

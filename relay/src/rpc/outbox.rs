@@ -19,6 +19,9 @@ use crate::proto::SubscribeResponse;
 
 pub type ResponseStream = Pin<Box<dyn Stream<Item = Result<SubscribeResponse, Status>> + Send>>;
 
+/// An event, and the JetStream message to ack once tonic takes the event for writing.
+type Item = (SubscribeResponse, Option<async_nats::jetstream::Message>);
+
 /// The stream is gone (client left or it was ended): producers stop.
 #[derive(Debug)]
 pub struct Closed;
@@ -26,7 +29,7 @@ pub struct Closed;
 /// Producers' end of a stream's queue; cheap to clone.
 #[derive(Clone)]
 pub struct Outbox {
-    tx: mpsc::Sender<SubscribeResponse>,
+    tx: mpsc::Sender<Item>,
     end: Arc<End>,
     /// Set on every message; the heartbeat clears it and only beats when it was already clear.
     busy: Arc<AtomicBool>,
@@ -53,15 +56,25 @@ impl Outbox {
     pub async fn send(&self, event: SubscribeResponse) -> Result<(), Closed> {
         self.busy.store(true, Ordering::Relaxed);
         tokio::select! {
-            r = self.tx.send(event) => r.map_err(|_| Closed),
+            r = self.tx.send((event, None)) => r.map_err(|_| Closed),
             _ = self.end.done.cancelled() => Err(Closed),
         }
     }
 
     /// Queues without waiting: for live messages. A full queue ends the stream as a slow consumer.
     pub fn offer(&self, event: SubscribeResponse) -> Result<(), Closed> {
+        self.offer_acked(event, None)
+    }
+
+    /// Like [`Outbox::offer`]; `ack` is acknowledged to JetStream when the event is taken for
+    /// writing to the client, not before: a stream that dies first leaves it for redelivery.
+    pub fn offer_acked(
+        &self,
+        event: SubscribeResponse,
+        ack: Option<async_nats::jetstream::Message>,
+    ) -> Result<(), Closed> {
         self.busy.store(true, Ordering::Relaxed);
-        match self.tx.try_send(event) {
+        match self.tx.try_send((event, ack)) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.end(Status::resource_exhausted(
@@ -91,14 +104,14 @@ impl Outbox {
 }
 
 struct Drain {
-    rx: mpsc::Receiver<SubscribeResponse>,
+    rx: mpsc::Receiver<Item>,
     end: Arc<End>,
     finished: bool,
     _guard: DropGuard,
 }
 
 fn drain(
-    rx: mpsc::Receiver<SubscribeResponse>,
+    rx: mpsc::Receiver<Item>,
     end: Arc<End>,
     guard: DropGuard,
 ) -> impl Stream<Item = Result<SubscribeResponse, Status>> + Send {
@@ -113,7 +126,12 @@ fn drain(
             item = st.rx.recv() => item,
         };
         match item {
-            Some(event) => {
+            Some((event, ack)) => {
+                if let Some(msg) = ack
+                    && let Err(e) = msg.ack().await
+                {
+                    tracing::warn!(error = %e, "acking a delivered JetStream message; it may be redelivered");
+                }
                 if matches!(event.event, Some(crate::proto::subscribe_response::Event::Message(_))) {
                     crate::metrics::delivered(1);
                 }

@@ -44,7 +44,13 @@ enum Live {
     Hub(Arc<Topic>, broadcast::Receiver<Arc<WireMessage>>),
     /// perUser and queue: this stream's own NATS queue subscription; it sees a share of the messages.
     Queue(async_nats::Subscriber),
+    /// queue, when the operator made a stream and a durable consumer: this stream pulls its share
+    /// and acks each message once it is written; what a dead stream held is redelivered elsewhere.
+    JetStream(async_nats::jetstream::consumer::pull::Stream),
 }
+
+/// Messages one queue stream pulls ahead: small, so work spreads across subscribers.
+const QUEUE_PULL_BATCH: usize = 4;
 
 pub async fn subscribe(relay: Arc<Relay>, req: Request<SubscribeRequest>) -> Result<ResponseStream> {
     if relay.shutdown.is_cancelled() {
@@ -113,9 +119,27 @@ async fn join(relay: &Relay, user: &User, channel: ChannelId, cursor: Option<Aft
             Live::Hub(topic, rx)
         }
         Delivery::PerUser => Live::Queue(queue_subscribe(names::user_queue_group(&user.id)).await?),
-        Delivery::Queue => Live::Queue(queue_subscribe(names::QUEUE_GROUP.to_owned()).await?),
+        Delivery::Queue => match (&settings.stream, &settings.queue_consumer) {
+            (Some(stream), Some(consumer)) => Live::JetStream(pull(relay, stream, consumer).await?),
+            _ => Live::Queue(queue_subscribe(names::QUEUE_GROUP.to_owned()).await?),
+        },
     };
     Ok(Joined { channel, cursor, max_age: Duration::from_secs(settings.history.max_age_secs), live })
+}
+
+/// A pull stream on the channel's durable queue consumer.
+async fn pull(relay: &Relay, stream: &str, consumer: &str) -> Result<async_nats::jetstream::consumer::pull::Stream> {
+    let consumer: async_nats::jetstream::consumer::PullConsumer = relay
+        .jetstream
+        .get_consumer_from_stream(consumer, stream)
+        .await
+        .map_err(|e| Error::unavailable("jetstream consumer", e))?;
+    consumer
+        .stream()
+        .max_messages_per_batch(QUEUE_PULL_BATCH)
+        .messages()
+        .await
+        .map_err(|e| Error::unavailable("jetstream pull", e))
 }
 
 /// Heartbeats on an idle stream, and the end of the stream on shutdown.
@@ -174,6 +198,24 @@ async fn run_channel(relay: &Relay, j: Joined, outbox: &Outbox) -> Result<()> {
                 }
             }
         }
+        Live::JetStream(mut messages) => loop {
+            let msg = tokio::select! {
+                _ = outbox.done() => return Ok(()),
+                msg = messages.next() => msg.ok_or_else(|| Error::unavailable("jetstream", "consumer closed"))?,
+            };
+            let msg = msg.map_err(|e| Error::unavailable("jetstream", e))?;
+            // The durable consumer is the work queue: its backlog is delivered too, so nothing is
+            // filtered against history here (queue workers subscribe without a cursor).
+            match WireMessage::from_json(&msg.payload) {
+                Ok(m) => outbox
+                    .offer_acked(message(m), Some(msg))
+                    .map_err(|Closed| Error::ResourceExhausted("slow consumer".into()))?,
+                Err(_) => {
+                    tracing::warn!(channel = %ch, "acking a JetStream message that is not a relay message");
+                    let _ = msg.ack().await;
+                }
+            }
+        },
         Live::Queue(mut sub) => loop {
             let msg = tokio::select! {
                 _ = outbox.done() => return Ok(()),

@@ -46,7 +46,7 @@ enum Live {
     Queue(async_nats::Subscriber),
     /// queue, when the operator made a stream and a durable consumer: this stream pulls its share
     /// and acks each message once it is written; what a dead stream held is redelivered elsewhere.
-    JetStream(async_nats::jetstream::consumer::pull::Stream),
+    JetStream(Box<async_nats::jetstream::consumer::pull::Stream>),
 }
 
 /// Messages one queue stream pulls ahead: small, so work spreads across subscribers.
@@ -120,7 +120,7 @@ async fn join(relay: &Relay, user: &User, channel: ChannelId, cursor: Option<Aft
         }
         Delivery::PerUser => Live::Queue(queue_subscribe(names::user_queue_group(&user.id)).await?),
         Delivery::Queue => match (&settings.stream, &settings.queue_consumer) {
-            (Some(stream), Some(consumer)) => Live::JetStream(pull(relay, stream, consumer).await?),
+            (Some(stream), Some(consumer)) => Live::JetStream(Box::new(pull(relay, stream, consumer).await?)),
             _ => Live::Queue(queue_subscribe(names::QUEUE_GROUP.to_owned()).await?),
         },
     };

@@ -60,6 +60,11 @@ async fn main() {
     let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
     println!("publishers {PUBLISHERS}, subscribers 2, {:.1}s", elapsed.as_secs_f64());
     println!("publishes/s  {:.0}", lat.len() as f64 / elapsed.as_secs_f64());
-    println!("deliveries/s {:.0} ({} of {} expected)", delivered as f64 / elapsed.as_secs_f64(), delivered, lat.len() * 2);
+    println!(
+        "deliveries/s {:.0} ({} of {} expected)",
+        delivered as f64 / elapsed.as_secs_f64(),
+        delivered,
+        lat.len() * 2
+    );
     println!("publish latency p50 {:?} p99 {:?} p99.9 {:?}", pct(0.5), pct(0.99), pct(0.999));
 }

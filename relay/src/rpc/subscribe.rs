@@ -119,8 +119,12 @@ async fn join(relay: &Relay, user: &User, channel: ChannelId, cursor: Option<Aft
             Live::Hub(topic, rx)
         }
         Delivery::PerUser => Live::Queue(queue_subscribe(names::user_queue_group(&user.id)).await?),
+        // The durable consumer filters on the declared channel itself; its sub-channels use a
+        // core NATS queue group.
         Delivery::Queue => match (&settings.stream, &settings.queue_consumer) {
-            (Some(stream), Some(consumer)) => Live::JetStream(Box::new(pull(relay, stream, consumer).await?)),
+            (Some(stream), Some(consumer)) if governed.declared_by == channel.as_str() => {
+                Live::JetStream(Box::new(pull(relay, stream, consumer).await?))
+            }
             _ => Live::Queue(queue_subscribe(names::QUEUE_GROUP.to_owned()).await?),
         },
     };

@@ -1,0 +1,225 @@
+//! The `RelayChannel` custom resource (`relay.dev/v1alpha1`): what a platform team declares.
+//! `cargo run -p operator --bin crdgen > crds/relaychannel.yaml` prints its CRD.
+// Every printer column repeats `type_ = "string"`, which this lint mistakes for a repeated attribute.
+#![allow(clippy::duplicated_attributes)]
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+/// Durations: a number and a unit (`30s`, `15m`, `24h`); `0` or `0s` means no age limit.
+const DURATION: &str = r"^[0-9]+(ms|s|m|h)?$";
+/// Sizes: a number with an optional binary or decimal suffix (`512Mi`, `1Gi`, `10G`), `-1` for none.
+const SIZE: &str = r"^(-1|[0-9]+(Ki|Mi|Gi|Ti|K|M|G|T)?)$";
+
+/// A channel and every sub-channel under it (`chat` governs `chat` and `chat.<room>`).
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "relay.dev",
+    version = "v1alpha1",
+    kind = "RelayChannel",
+    namespaced,
+    shortname = "rch",
+    status = "RelayChannelStatus",
+    printcolumn(name = "Delivery", type_ = "string", json_path = ".spec.delivery"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
+        priority = "1"
+    ),
+    printcolumn(name = "Messages", type_ = "integer", json_path = ".status.stream.messages"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[kube(validation = Rule::new("self.metadata.name.size() <= 200").message("a RelayChannel name is at most 200 characters: it prefixes NATS subjects and stream names"))]
+#[serde(rename_all = "camelCase")]
+pub struct RelayChannelSpec {
+    /// Who gets a message: every stream (broadcast), each user once (perUser), or one subscriber (queue).
+    #[serde(default)]
+    pub delivery: Delivery,
+    /// What a late subscriber can catch up on (kept in Redis).
+    #[serde(default)]
+    pub history: HistorySpec,
+    /// Durability and replay in NATS JetStream.
+    #[serde(default)]
+    pub stream: StreamSpec,
+    /// Who may publish and subscribe.
+    #[serde(default)]
+    pub access: AccessSpec,
+    #[serde(default)]
+    pub limits: LimitsSpec,
+    /// Delete removes the stream and the history with the resource; Retain keeps them.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Delivery {
+    #[default]
+    Broadcast,
+    PerUser,
+    Queue,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HistorySpec {
+    /// Messages kept per channel (approximately: trimmed in whole blocks).
+    #[serde(default = "default_history_messages")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub max_messages: u64,
+    /// How long messages are kept, e.g. 24h.
+    #[serde(default = "default_history_age")]
+    #[schemars(regex(pattern = DURATION))]
+    pub max_age: String,
+}
+
+fn default_history_messages() -> u64 {
+    1000
+}
+fn default_history_age() -> String {
+    "24h".into()
+}
+
+impl Default for HistorySpec {
+    fn default() -> Self {
+        Self { max_messages: default_history_messages(), max_age: default_history_age() }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamSpec {
+    #[serde(default = "default_stream_age")]
+    #[schemars(regex(pattern = DURATION))]
+    pub max_age: String,
+    /// -1 for no limit.
+    #[serde(default = "default_stream_messages")]
+    #[schemars(range(min = -1))]
+    pub max_messages: i64,
+    /// e.g. 1Gi; -1 for no limit.
+    #[serde(default = "default_stream_bytes")]
+    #[schemars(regex(pattern = SIZE))]
+    pub max_bytes: String,
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 1, max = 5))]
+    pub replicas: u32,
+    /// Cannot change once the stream exists (JetStream refuses it).
+    #[serde(default)]
+    pub storage: Storage,
+}
+
+fn default_stream_age() -> String {
+    "168h".into()
+}
+fn default_stream_messages() -> i64 {
+    1_000_000
+}
+fn default_stream_bytes() -> String {
+    "1Gi".into()
+}
+fn default_replicas() -> u32 {
+    1
+}
+
+impl Default for StreamSpec {
+    fn default() -> Self {
+        Self {
+            max_age: default_stream_age(),
+            max_messages: default_stream_messages(),
+            max_bytes: default_stream_bytes(),
+            replicas: default_replicas(),
+            storage: Storage::File,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Storage {
+    #[default]
+    File,
+    Memory,
+}
+
+/// Access rules. `owner`: the caller's user id is the channel's last token (`inbox.<userid>`);
+/// `users`: the ids listed in `publishUsers` / `subscribeUsers`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.publish != 'users' || size(self.publishUsers) > 0").message("access.publish is 'users': list them in access.publishUsers"))]
+#[x_kube(validation = Rule::new("self.subscribe != 'users' || size(self.subscribeUsers) > 0").message("access.subscribe is 'users': list them in access.subscribeUsers"))]
+pub struct AccessSpec {
+    #[serde(default)]
+    pub publish: AccessRule,
+    #[serde(default)]
+    pub publish_users: Vec<String>,
+    #[serde(default)]
+    pub subscribe: AccessRule,
+    #[serde(default)]
+    pub subscribe_users: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum AccessRule {
+    #[default]
+    Authenticated,
+    Owner,
+    Users,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LimitsSpec {
+    /// Largest message text in bytes.
+    #[serde(default = "default_max_message_bytes")]
+    #[schemars(range(min = 1, max = 1_048_576))]
+    pub max_message_bytes: u32,
+    /// Per user, on each relay replica; 0 for no limit.
+    #[serde(default = "default_rate")]
+    #[schemars(range(max = 100_000))]
+    pub publish_per_second_per_user: u32,
+}
+
+fn default_max_message_bytes() -> u32 {
+    4096
+}
+fn default_rate() -> u32 {
+    20
+}
+
+impl Default for LimitsSpec {
+    fn default() -> Self {
+        Self { max_message_bytes: default_max_message_bytes(), publish_per_second_per_user: default_rate() }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+pub enum DeletionPolicy {
+    #[default]
+    Delete,
+    Retain,
+}
+
+/// What the operator last saw and did.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RelayChannelStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<StreamStatus>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamStatus {
+    pub name: String,
+    pub messages: u64,
+    pub bytes: u64,
+    pub last_seq: u64,
+}

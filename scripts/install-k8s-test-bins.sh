@@ -32,7 +32,13 @@ build_wrapped() { # name module version package
     done
   fi
   go get "$module@v$version" >/dev/null 2>&1 || go get "$module@v$version"
-  go build -o "$out/$name" "$pkg"
+  local ldflags=""
+  if [ "$module" = k8s.io/kubernetes ]; then
+    # What the Kubernetes build stamps in; the API server reports it and derives defaults from it.
+    local v=k8s.io/component-base/version minor=${version#1.}
+    ldflags="-X $v.gitVersion=v$version -X $v.gitMajor=1 -X $v.gitMinor=${minor%%.*} -X $v.gitTreeState=clean"
+  fi
+  go build -ldflags "$ldflags" -o "$out/$name" "$pkg"
   cd - >/dev/null
 }
 

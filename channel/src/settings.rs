@@ -17,9 +17,13 @@ pub struct ChannelSettings {
     /// then wait for its ack.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stream: Option<String>,
-    /// The durable consumer (with deliver group `events`) that `queue` delivery reads from.
+    /// The durable pull consumer that `queue` delivery of the declared channel reads from.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub queue_consumer: Option<String>,
+    /// `<namespace>/<name>` of the `RelayChannel` these settings come from: two resources of one
+    /// name in different namespaces would otherwise fight over one channel.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 impl Default for ChannelSettings {
@@ -31,6 +35,7 @@ impl Default for ChannelSettings {
             limits: Limits::default(),
             stream: None,
             queue_consumer: None,
+            owner: None,
         }
     }
 }

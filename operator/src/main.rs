@@ -1,1 +1,100 @@
-fn main() {}
+//! `operator`: reconciles RelayChannels from the Kubernetes API (with leader election), or from a
+//! folder of YAML files with `--standalone DIR`.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use operator::{admin, backends::Backends, controller, leader::Elector, standalone};
+
+#[derive(Parser)]
+#[command(name = "operator", version, about = "Reconciles RelayChannels into NATS JetStream and Redis")]
+struct Config {
+    #[arg(long, env = "OPERATOR_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
+    #[arg(long, env = "OPERATOR_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    redis_url: String,
+    /// /metrics, /healthz, /readyz.
+    #[arg(long, env = "OPERATOR_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
+    admin_listen: std::net::SocketAddr,
+    /// Reconcile the RelayChannel YAML files of this folder instead of a cluster's.
+    #[arg(long, env = "OPERATOR_STANDALONE_DIR")]
+    standalone: Option<PathBuf>,
+    /// How often every channel is checked again (drift made behind the operator's back is undone).
+    #[arg(long, env = "OPERATOR_RESYNC", default_value = "60s", value_parser = parse_duration)]
+    resync: Duration,
+    /// Run only while holding the Lease (off: every replica acts; only for a single replica).
+    #[arg(long, env = "OPERATOR_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_election: bool,
+    #[arg(long, env = "OPERATOR_LEASE_NAME", default_value = "relay-operator")]
+    lease_name: String,
+    /// The Lease's namespace (in a pod: its own, from the downward API).
+    #[arg(long, env = "OPERATOR_NAMESPACE", default_value = "default")]
+    namespace: String,
+    #[arg(long, env = "OPERATOR_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    lease_duration: Duration,
+    /// This replica's name in the Lease and in events (in a pod: its name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    #[arg(long, env = "OPERATOR_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+fn parse_duration(raw: &str) -> Result<Duration, String> {
+    operator::plan::duration("duration", raw).map_err(|e| e.to_string())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let config = Config::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if config.log_format == "json" {
+        builder.json().init()
+    } else {
+        builder.init()
+    }
+
+    let backends =
+        Backends::connect(&config.nats_url, &config.redis_url).await.context("connecting to NATS and Redis")?;
+    let listener = tokio::net::TcpListener::bind(config.admin_listen)
+        .await
+        .with_context(|| format!("binding {}", config.admin_listen))?;
+    tokio::spawn(admin::serve(listener, backends.clone()));
+
+    if let Some(dir) = &config.standalone {
+        tracing::info!(dir = %dir.display(), "standalone: reconciling RelayChannel files");
+        standalone::run(backends, dir, config.resync, shutdown_signal()).await;
+        return Ok(());
+    }
+
+    let client = kube::Client::try_default().await.context("connecting to Kubernetes")?;
+    let identity = config.identity.clone().unwrap_or_else(|| format!("operator-{}", std::process::id()));
+    let ctx = Arc::new(controller::Context::new(client.clone(), backends, config.resync, &identity));
+    if !config.leader_election {
+        controller::run(ctx).await;
+        return Ok(());
+    }
+    let elector = Elector::new(client, &config.namespace, &config.lease_name, &identity, config.lease_duration);
+    tokio::select! {
+        _ = shutdown_signal() => return Ok(()),
+        _ = elector.acquire() => {}
+    }
+    tokio::select! {
+        _ = controller::run(ctx) => Ok(()),
+        _ = elector.hold() => anyhow::bail!("lost leadership; exiting so a follower takes over"),
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

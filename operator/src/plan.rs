@@ -87,6 +87,7 @@ pub fn desired(name: &str, spec: &RelayChannelSpec) -> Result<Desired, SpecError
         },
         stream: Some(stream_name),
         queue_consumer: queue_consumer.as_ref().and(Some(QUEUE_CONSUMER.to_owned())),
+        owner: None,
     };
     Ok(Desired { stream, queue_consumer, settings })
 }
@@ -130,10 +131,7 @@ pub enum ConsumerAction {
     None,
 }
 
-pub fn plan_consumer(
-    desired: Option<&consumer::pull::Config>,
-    observed: Option<&consumer::pull::Config>,
-) -> ConsumerAction {
+pub fn plan_consumer(desired: Option<&consumer::pull::Config>, observed: Option<&consumer::Config>) -> ConsumerAction {
     match (desired, observed) {
         (None, None) => ConsumerAction::None,
         (None, Some(_)) => ConsumerAction::Delete,
@@ -281,14 +279,16 @@ mod tests {
     fn consumer_plans() {
         let mut spec: RelayChannelSpec = serde_json::from_str(r#"{"delivery":"queue"}"#).unwrap();
         let want = desired("jobs", &spec).unwrap().queue_consumer.unwrap();
+        let as_observed = |c: &consumer::pull::Config| consumer::IntoConsumerConfig::into_consumer_config(c.clone());
         let mut slower = want.clone();
         slower.ack_wait = Duration::from_secs(1);
+        let (slower, observed_want) = (as_observed(&slower), as_observed(&want));
         assert_eq!(plan_consumer(Some(&want), None), ConsumerAction::Create);
-        assert_eq!(plan_consumer(Some(&want), Some(&want)), ConsumerAction::Keep);
+        assert_eq!(plan_consumer(Some(&want), Some(&observed_want)), ConsumerAction::Keep);
         assert_eq!(plan_consumer(Some(&want), Some(&slower)), ConsumerAction::Update);
         spec.delivery = Delivery::Broadcast;
         assert_eq!(
-            plan_consumer(desired("jobs", &spec).unwrap().queue_consumer.as_ref(), Some(&want)),
+            plan_consumer(desired("jobs", &spec).unwrap().queue_consumer.as_ref(), Some(&observed_want)),
             ConsumerAction::Delete
         );
         assert_eq!(plan_consumer(None, None), ConsumerAction::None);

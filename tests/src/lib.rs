@@ -6,11 +6,12 @@
 //! (the relay package has integration tests of its own, so Cargo builds its binaries first).
 
 mod client;
+pub mod kube_api;
 mod servers;
 
 pub use client::{Client, Event, Sub};
 pub use relay::proto::cursor::Position;
-pub use servers::{Nats, PocketBase, Redis, RelayProc, Stack, StackOptions, TestUser};
+pub use servers::{Nats, OperatorProc, PocketBase, Redis, RelayProc, Stack, StackOptions, TestUser};
 
 use std::net::TcpListener;
 use std::time::Duration;

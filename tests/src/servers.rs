@@ -10,13 +10,13 @@ use tokio::process::{Child, Command};
 use crate::{eventually, free_port};
 
 /// A child process, killed (SIGKILL) on drop.
-struct Proc {
+pub(crate) struct Proc {
     name: String,
     child: Child,
 }
 
 impl Proc {
-    fn spawn(name: &str, cmd: &mut Command, log: &Path) -> Self {
+    pub(crate) fn spawn(name: &str, cmd: &mut Command, log: &Path) -> Self {
         let out = std::fs::File::create(log).expect("log file");
         let err = out.try_clone().expect("log file");
         let child = cmd
@@ -375,11 +375,50 @@ impl Stack {
     }
 }
 
-/// `target/<profile>/relay`, next to the test binary's `deps/` folder.
-fn relay_binary() -> PathBuf {
+/// `target/<profile>/<name>`, next to the test binary's `deps/` folder.
+pub(crate) fn workspace_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
-    let bin = profile_dir.join("relay");
-    assert!(bin.exists(), "{} is missing: build it with `cargo build -p relay --bins`", bin.display());
+    let bin = profile_dir.join(name);
+    assert!(bin.exists(), "{} is missing: build it with `cargo build --workspace --bins`", bin.display());
     bin
+}
+
+fn relay_binary() -> PathBuf {
+    workspace_binary("relay")
+}
+
+/// An operator process.
+pub struct OperatorProc {
+    pub admin_port: u16,
+    proc: Proc,
+}
+
+impl OperatorProc {
+    /// Starts `operator` with NATS and Redis of `stack`, extra `args` and `env`.
+    pub async fn start(stack: &Stack, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let admin_port = free_port();
+        let log = stack.dir().join(format!("operator-{admin_port}.log"));
+        let mut cmd = Command::new(workspace_binary("operator"));
+        cmd.env_clear()
+            .env("OPERATOR_NATS_URL", stack.nats.url())
+            .env("OPERATOR_REDIS_URL", stack.redis.url())
+            .env("OPERATOR_ADMIN_LISTEN", format!("127.0.0.1:{admin_port}"))
+            .env("RUST_LOG", "info,operator=debug")
+            .args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let op = Self { admin_port, proc: Proc::spawn("operator", &mut cmd, &log) };
+        wait_for_port(admin_port, "operator admin").await;
+        op
+    }
+
+    pub async fn kill(&mut self) {
+        self.proc.kill().await;
+    }
+
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://127.0.0.1:{}/metrics", self.admin_port)).await.unwrap().text().await.unwrap()
+    }
 }

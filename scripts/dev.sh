@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Starts the whole system locally, on loopback, in the foreground (Ctrl-C stops everything):
-# NATS with JetStream, Redis, PocketBase (users alice and bob), two relay replicas.
+# NATS with JetStream, Redis, PocketBase (users alice and bob), the operator (standalone mode, over
+# examples/channels/), two relay replicas.
 # State lives in .stack/ (delete it for a clean start).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 scripts/install-deps.sh
-cargo build --release -p relay --bins
+cargo build --release -p relay -p operator --bins
 
 state="$root/.stack"
 mkdir -p "$state"/{nats,redis,pocketbase,logs}
@@ -21,7 +22,7 @@ trap cleanup EXIT INT TERM
 
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 wait_port() { for _ in $(seq 1 100); do port_free "$1" || return 0; sleep 0.1; done; echo "$2 did not start; see $state/logs" >&2; exit 1; }
-for p in 4222 6379 8090 50051 50052 9090 9091; do
+for p in 4222 6379 8090 50051 50052 9090 9091 9092; do
   port_free "$p" || { echo "port $p is in use: stop what holds it (an earlier dev.sh?) and retry" >&2; exit 1; }
 done
 
@@ -39,6 +40,10 @@ for u in alice bob; do
     -d "{\"email\":\"$u@example.com\",\"password\":\"$u-password\",\"passwordConfirm\":\"$u-password\",\"name\":\"$u\"}" || true
 done
 
+OPERATOR_ADMIN_LISTEN=127.0.0.1:9092 OPERATOR_STANDALONE_DIR="$root/examples/channels" OPERATOR_RESYNC=5s \
+  target/release/operator >"$state/logs/operator.log" 2>&1 & pids+=($!)
+wait_port 9092 operator
+
 for i in 0 1; do
   RELAY_LISTEN=127.0.0.1:$((50051 + i)) RELAY_ADMIN_LISTEN=127.0.0.1:$((9090 + i)) \
   RELAY_UNDECLARED_CHANNELS=allow \
@@ -52,6 +57,8 @@ Relay is up (logs in .stack/logs):
   relays      gRPC + gRPC-web  127.0.0.1:50051 and 127.0.0.1:50052   admin (/metrics /readyz) :9090 and :9091
   PocketBase  http://127.0.0.1:8090/_/  (admin@relay.local / admin-password-123)
   NATS        nats://127.0.0.1:4222 (JetStream on)     Redis  redis://127.0.0.1:6379
+  operator    reconciles examples/channels/*.yaml (chat, inbox, jobs); admin :9092
+              other channel names are served with default settings (RELAY_UNDECLARED_CHANNELS=allow)
   users       alice@example.com / alice-password       bob@example.com / bob-password
 
 Try it in two more terminals:

@@ -4,6 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
+# kube-apiserver, etcd and helm for the operator and chart tests, built once into a cache.
+KUBEBUILDER_ASSETS=$(scripts/install-k8s-test-bins.sh)
+export KUBEBUILDER_ASSETS
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 # Generated files must match their source.

@@ -77,3 +77,29 @@ pub async fn pass(backends: &Backends, dir: &Path, known: &mut HashMap<String, R
     }
     *known = seen;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_channels_load_and_plan() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/channels");
+        let channels = load(&dir).unwrap();
+        let names: Vec<_> = channels.iter().map(|c| c.name_any()).collect();
+        assert_eq!(names, ["chat", "inbox", "jobs"]);
+        for rc in &channels {
+            crate::plan::desired(&rc.name_any(), &rc.spec).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_bad_file_is_reported_with_its_path() {
+        let dir = std::env::temp_dir().join(format!("relay-standalone-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("bad.yaml"), "kind: RelayChannel\nspec: [1, 2]\n").unwrap();
+        let err = load(&dir).unwrap_err();
+        assert!(err.contains("bad.yaml"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

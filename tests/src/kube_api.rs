@@ -58,6 +58,8 @@ impl KubeApi {
 
         let mut api = Command::new(bins.join("kube-apiserver"));
         api.args(["--etcd-servers", &etcd_url, "--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1"])
+            // The default reconciler refuses a loopback advertise address.
+            .args(["--endpoint-reconciler-type", "none"])
             .args(["--secure-port", &port.to_string()])
             .arg("--cert-dir")
             .arg(dir.join("certs"))

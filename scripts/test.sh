@@ -12,4 +12,6 @@ cargo clippy --workspace --all-targets -- -D warnings
 # Generated files must match their source.
 cargo run -q -p operator --bin crdgen | diff -u crds/relaychannel.yaml - \
   || { echo "crds/relaychannel.yaml drifted from operator/src/crd.rs: regenerate it with cargo run -p operator --bin crdgen > crds/relaychannel.yaml" >&2; exit 1; }
+diff -u crds/relaychannel.yaml charts/relay/crds/relaychannel.yaml \
+  || { echo "charts/relay/crds/ drifted from crds/: cp crds/relaychannel.yaml charts/relay/crds/" >&2; exit 1; }
 cargo test --workspace

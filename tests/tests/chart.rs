@@ -1,0 +1,195 @@
+//! The Helm chart: lint, render with the default and the production example values, assert what
+//! matters, and have a real kube-apiserver validate every rendered object (server-side dry run).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use relay_tests::kube_api::{KubeApi, assets};
+use serde_json::Value;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn helm(args: &[&str]) -> String {
+    let out = Command::new(assets().join("helm")).args(args).current_dir(root()).output().expect("helm");
+    assert!(
+        out.status.success(),
+        "helm {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn render(extra: &[&str]) -> (String, Vec<Value>) {
+    let mut args = vec!["template", "rel", "charts/relay", "--namespace", "relay", "--kube-version", "1.37.2"];
+    args.extend_from_slice(extra);
+    let yaml = helm(&args);
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&yaml).unwrap();
+    (yaml, docs.into_iter().filter(|d| !d.is_null()).collect())
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name} in the rendered chart"))
+}
+
+fn env_of(container: &Value) -> std::collections::BTreeMap<String, Value> {
+    container["env"].as_array().unwrap().iter().map(|e| (e["name"].as_str().unwrap().to_owned(), e.clone())).collect()
+}
+
+#[test]
+fn the_chart_lints_strictly_with_default_and_example_values() {
+    helm(&["lint", "--strict", "charts/relay", "--kube-version", "1.37.2"]);
+    helm(&["lint", "--strict", "charts/relay", "--kube-version", "1.37.2", "-f", "examples/values-production.yaml"]);
+    // The schema refuses nonsense.
+    let out = Command::new(assets().join("helm"))
+        .args(["lint", "--strict", "charts/relay", "--set", "relay.config.undeclaredChannels=maybe"])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "values.schema.json must refuse undeclaredChannels=maybe");
+}
+
+#[test]
+fn the_chart_ships_the_generated_crd() {
+    let generated = std::fs::read_to_string(root().join("crds/relaychannel.yaml")).unwrap();
+    let shipped = std::fs::read_to_string(root().join("charts/relay/crds/relaychannel.yaml")).unwrap();
+    assert_eq!(shipped, generated, "charts/relay/crds/ drifted from crds/: copy crds/relaychannel.yaml");
+}
+
+#[test]
+fn rendered_objects_wire_probes_ports_settings_and_least_privilege() {
+    let (_, docs) = render(&[]);
+    let relay = find(&docs, "Deployment", "rel-relay");
+    let c = &relay["spec"]["template"]["spec"]["containers"][0];
+    let ports: Vec<_> =
+        c["ports"].as_array().unwrap().iter().map(|p| (p["name"].clone(), p["containerPort"].clone())).collect();
+    assert_eq!(ports, [(Value::from("grpc"), Value::from(50051)), (Value::from("admin"), Value::from(9090))]);
+    for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz"), ("startupProbe", "/healthz")] {
+        assert_eq!(c[probe]["httpGet"]["port"], "admin", "{probe} on the admin port");
+        assert_eq!(c[probe]["httpGet"]["path"], path);
+    }
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(relay["spec"]["template"]["spec"]["automountServiceAccountToken"], false);
+    assert!(c["lifecycle"]["preStop"].is_object(), "streams drain before the pod stops");
+
+    // Every setting of the configuration table comes from values.
+    let env = env_of(c);
+    for (name, value) in [
+        ("RELAY_LISTEN", "0.0.0.0:50051"),
+        ("RELAY_ADMIN_LISTEN", "0.0.0.0:9090"),
+        ("RELAY_NATS_URL", "nats://nats:4222"),
+        ("RELAY_REDIS_URL", "redis://redis-master:6379"),
+        ("RELAY_POCKETBASE_URL", "http://pocketbase:8090"),
+        ("RELAY_POCKETBASE_COLLECTION", "users"),
+        ("RELAY_UNDECLARED_CHANNELS", "deny"),
+    ] {
+        assert_eq!(env.get(name).map(|e| e["value"].clone()), Some(Value::from(value)), "{name}");
+    }
+    let (_, changed) = render(&[
+        "--set",
+        "relay.config.undeclaredChannels=allow,relay.grpcPort=7000,relay.config.pocketbaseCollection=members",
+        "--set",
+        "redis.existingSecret=backends,redis.existingSecretKey=redis",
+    ]);
+    let c2 = &find(&changed, "Deployment", "rel-relay")["spec"]["template"]["spec"]["containers"][0];
+    let env = env_of(c2);
+    assert_eq!(env["RELAY_UNDECLARED_CHANNELS"]["value"], "allow");
+    assert_eq!(env["RELAY_LISTEN"]["value"], "0.0.0.0:7000");
+    assert_eq!(env["RELAY_POCKETBASE_COLLECTION"]["value"], "members");
+    assert_eq!(
+        env["RELAY_REDIS_URL"]["valueFrom"]["secretKeyRef"],
+        serde_json::json!({"name": "backends", "key": "redis"})
+    );
+
+    // The Service exposes both ports.
+    let svc = find(&docs, "Service", "rel-relay");
+    let names: Vec<_> = svc["spec"]["ports"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["grpc", "admin"]);
+
+    // RBAC names only what the operator needs.
+    let role = find(&docs, "ClusterRole", "rel-relay-operator");
+    let mut granted = Vec::new();
+    for rule in role["rules"].as_array().unwrap() {
+        for r in rule["resources"].as_array().unwrap() {
+            for v in rule["verbs"].as_array().unwrap() {
+                granted.push(format!(
+                    "{}/{}:{}",
+                    rule["apiGroups"][0].as_str().unwrap(),
+                    r.as_str().unwrap(),
+                    v.as_str().unwrap()
+                ));
+            }
+        }
+    }
+    granted.sort();
+    assert_eq!(
+        granted,
+        [
+            "events.k8s.io/events:create",
+            "events.k8s.io/events:patch",
+            "relay.dev/relaychannels/finalizers:update",
+            "relay.dev/relaychannels/status:get",
+            "relay.dev/relaychannels/status:patch",
+            "relay.dev/relaychannels:get",
+            "relay.dev/relaychannels:list",
+            "relay.dev/relaychannels:patch",
+            "relay.dev/relaychannels:watch",
+        ]
+    );
+    let leader = find(&docs, "Role", "rel-relay-operator-leader");
+    assert!(leader["rules"].as_array().unwrap().iter().all(|r| r["resources"] == serde_json::json!(["leases"])));
+    let op = &find(&docs, "Deployment", "rel-relay-operator")["spec"]["template"]["spec"];
+    assert_eq!(op["serviceAccountName"], "rel-relay-operator");
+    assert_eq!(env_of(&op["containers"][0])["OPERATOR_LEASE_NAME"]["value"], "rel-relay-operator");
+}
+
+fn kubectl(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> String {
+    use std::io::Write;
+    let mut child = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl");
+    child.stdin.take().unwrap().write_all(stdin.unwrap_or("").as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn the_api_server_accepts_every_rendered_object_and_example() {
+    let dir = tempfile::tempdir().unwrap();
+    let kube = KubeApi::start(dir.path()).await;
+    let kc = kube.kubeconfig().to_owned();
+    kubectl(&kc, &["apply", "--server-side", "-f", root().join("charts/relay/crds").to_str().unwrap()], None);
+    kubectl(&kc, &["wait", "--for=condition=Established", "crd/relaychannels.relay.dev", "--timeout=30s"], None);
+    kubectl(&kc, &["create", "namespace", "relay"], None);
+    for values in [None, Some("examples/values-production.yaml")] {
+        let (yaml, docs) = render(&values.map(|v| vec!["-f", v]).unwrap_or_default());
+        // The ServiceMonitor needs the Prometheus operator's CRD, which this API server lacks.
+        let kinds: Vec<_> = docs.iter().map(|d| d["kind"].as_str().unwrap().to_owned()).collect();
+        let applicable: Vec<&str> = yaml.split("\n---").filter(|d| !d.contains("kind: ServiceMonitor")).collect();
+        let out = kubectl(
+            &kc,
+            &["apply", "--server-side", "--dry-run=server", "-n", "relay", "-f", "-"],
+            Some(&applicable.join("\n---")),
+        );
+        let applied = out.lines().count();
+        let expected = kinds.iter().filter(|k| *k != "ServiceMonitor").count();
+        assert_eq!(applied, expected, "every object accepted ({values:?}):\n{out}");
+    }
+    let out = kubectl(
+        &kc,
+        &["apply", "--server-side", "--dry-run=server", "-f", root().join("examples/channels").to_str().unwrap()],
+        None,
+    );
+    assert_eq!(out.lines().count(), 3, "{out}");
+}

@@ -9,6 +9,22 @@ use relay_tests::{Event, Position, Stack, unique};
 
 const T: Duration = Duration::from_secs(10);
 
+/// Reads two streams that share a channel's messages until both go quiet; returns the seqs seen
+/// (each at most once, across both) and how many each stream got.
+async fn drain_shares(subs: [&mut relay_tests::Sub; 2]) -> (HashSet<u64>, [usize; 2]) {
+    let mut seen = HashSet::new();
+    let mut per = [0usize; 2];
+    for (i, sub) in subs.into_iter().enumerate() {
+        while let Some(Ok(ev)) = sub.try_next(Duration::from_millis(700)).await {
+            if let Event::Message(m) = ev {
+                assert!(seen.insert(m.seq), "seq {} delivered twice", m.seq);
+                per[i] += 1;
+            }
+        }
+    }
+    (seen, per)
+}
+
 /// Settings with the given delivery and no publish rate limit.
 fn unlimited(delivery: Delivery) -> ChannelSettings {
     let mut s = ChannelSettings { delivery, ..Default::default() };
@@ -153,16 +169,7 @@ async fn per_user_delivery_reaches_each_user_once_whichever_replica_holds_the_st
     }
     let carol_got = carol0.messages(N, T).await;
     assert_eq!(carol_got.len(), N);
-    let mut bob_seqs = HashSet::new();
-    let mut per = [0usize; 2];
-    for (i, sub) in [&mut bob0, &mut bob1].into_iter().enumerate() {
-        while let Some(Ok(ev)) = sub.try_next(Duration::from_millis(700)).await {
-            if let Event::Message(m) = ev {
-                assert!(bob_seqs.insert(m.seq), "bob got seq {} twice", m.seq);
-                per[i] += 1;
-            }
-        }
-    }
+    let (bob_seqs, per) = drain_shares([&mut bob0, &mut bob1]).await;
     assert_eq!(bob_seqs.len(), N, "bob gets every message once across his two streams");
     assert!(per[0] > 0 && per[1] > 0, "both of bob's streams share the load ({per:?})");
 }
@@ -186,16 +193,7 @@ async fn queue_delivery_hands_each_message_to_exactly_one_subscriber() {
     for i in 0..N {
         c.publish(&alice.token, &ch, &format!("job{i}")).await.unwrap();
     }
-    let mut seen = HashSet::new();
-    let mut per = [0usize; 2];
-    for (i, sub) in [&mut a, &mut b].into_iter().enumerate() {
-        while let Some(Ok(ev)) = sub.try_next(Duration::from_millis(700)).await {
-            if let Event::Message(m) = ev {
-                assert!(seen.insert(m.seq), "seq {} delivered twice", m.seq);
-                per[i] += 1;
-            }
-        }
-    }
+    let (seen, per) = drain_shares([&mut a, &mut b]).await;
     assert_eq!(seen.len(), N, "every job delivered once");
     assert!(per[0] > 0 && per[1] > 0, "both workers got jobs: {per:?}");
 }
@@ -249,16 +247,7 @@ async fn queue_delivery_through_a_jetstream_consumer_acks_each_message_once_deli
     for i in BACKLOG..N {
         c.publish(&alice.token, &ch, &format!("job{i}")).await.unwrap();
     }
-    let mut seen = HashSet::new();
-    let mut per = [0usize; 2];
-    for (i, sub) in [&mut a, &mut b].into_iter().enumerate() {
-        while let Some(Ok(ev)) = sub.try_next(Duration::from_millis(700)).await {
-            if let Event::Message(m) = ev {
-                assert!(seen.insert(m.seq), "seq {} delivered twice", m.seq);
-                per[i] += 1;
-            }
-        }
-    }
+    let (seen, per) = drain_shares([&mut a, &mut b]).await;
     assert_eq!(seen.len(), N, "every job delivered once, backlog included ({per:?})");
     assert!(per[0] > 0 && per[1] > 0, "both workers got jobs: {per:?}");
     // Every delivered message was acked.

@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 root=$PWD
 scripts/install-deps.sh
 cargo build --release -p relay -p operator --bins
+(cd web && npm run build --silent)
 
 state="$root/.stack"
 mkdir -p "$state"/{nats,redis,pocketbase,logs}
@@ -46,14 +47,18 @@ wait_port 9092 operator
 
 for i in 0 1; do
   RELAY_LISTEN=127.0.0.1:$((50051 + i)) RELAY_ADMIN_LISTEN=127.0.0.1:$((9090 + i)) \
-  RELAY_UNDECLARED_CHANNELS=allow \
+  RELAY_UNDECLARED_CHANNELS=allow RELAY_WEB_DIR="$root/web/dist" \
     target/release/relay >"$state/logs/relay-$i.log" 2>&1 & pids+=($!)
 done
 wait_port 50051 relay-0; wait_port 50052 relay-1
 
 cat <<TXT
 
-Relay is up (logs in .stack/logs):
+Relay is up (logs in .stack/logs).
+
+  Chat in the browser: open http://127.0.0.1:50051/?relays=http://127.0.0.1:50051,http://127.0.0.1:50052
+  in two windows and log in as alice@example.com / alice-password and bob@example.com / bob-password.
+
   relays      gRPC + gRPC-web  127.0.0.1:50051 and 127.0.0.1:50052   admin (/metrics /readyz) :9090 and :9091
   PocketBase  http://127.0.0.1:8090/_/  (admin@relay.local / admin-password-123)
   NATS        nats://127.0.0.1:4222 (JetStream on)     Redis  redis://127.0.0.1:6379

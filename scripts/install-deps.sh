@@ -7,6 +7,8 @@ set -euo pipefail
 need_apt=()
 command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v curl >/dev/null || need_apt+=(curl)
+command -v chromium >/dev/null || need_apt+=(chromium)   # the browser test (driven by playwright-core)
+command -v openssl >/dev/null || need_apt+=(openssl)     # keys for the test kube-apiserver
 if [ "${#need_apt[@]}" -gt 0 ]; then
   echo "installing ${need_apt[*]} (apt)"
   apt-get update -qq
@@ -22,5 +24,9 @@ if [ "${#need_pip[@]}" -gt 0 ]; then
   hash -r
 fi
 
-command -v cargo >/dev/null || { echo "cargo is missing: install Rust (rustup)" >&2; exit 1; }
+for tool in cargo go node npm kubectl; do
+  command -v "$tool" >/dev/null || { echo "$tool is missing: this project needs Rust, Go, Node.js and kubectl" >&2; exit 1; }
+done
+# The web client's toolchain (vite, buf, protoc-gen-es, playwright-core), pinned by package-lock.json.
+(cd "$(dirname "$0")/../web" && npm ci --no-audit --no-fund --loglevel=error)
 echo "deps: nats-server $(nats-server --version 2>&1 | tr -d 'nats-server: '), $(pocketbase --version), redis $(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/')"

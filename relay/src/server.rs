@@ -88,6 +88,17 @@ pub async fn serve(relay: Arc<Relay>, listeners: Listeners, signal: impl Future<
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
 
+    let mut app = tonic::service::Routes::new(health_service)
+        .add_service(reflection)
+        .add_service(RelayServiceServer::new(rpc::Service::new(relay.clone())))
+        .into_axum_router()
+        // gRPC-web -> gRPC for the services; plain gRPC passes through. Only for the services:
+        // it answers 400 to any other HTTP/1.1 request, such as the web client's files.
+        .layer(tonic_web::GrpcWebLayer::new());
+    if let Some(dir) = &relay.config.web_dir {
+        app = with_web_client(app, dir);
+    }
+
     let stopping = CancellationToken::new();
     let grpc = {
         let stopping = stopping.clone();
@@ -99,11 +110,7 @@ pub async fn serve(relay: Arc<Relay>, listeners: Listeners, signal: impl Future<
             .tcp_nodelay(true)
             // CORS first: a preflight must be answered before gRPC-web translation.
             .layer(cors(&relay.config.cors_origins))
-            // gRPC-web -> gRPC for the services below; plain gRPC passes through.
-            .layer(tonic_web::GrpcWebLayer::new())
-            .add_service(health_service)
-            .add_service(reflection)
-            .add_service(RelayServiceServer::new(rpc::Service::new(relay.clone())))
+            .add_routes(app.into())
             .serve_with_incoming_shutdown(incoming, async move { stopping.cancelled().await })
     };
     let grpc = tokio::spawn(grpc);
@@ -120,6 +127,13 @@ pub async fn serve(relay: Arc<Relay>, listeners: Listeners, signal: impl Future<
     admin.abort();
     relay.nats.flush().await.ok();
     Ok(())
+}
+
+/// Serves the built web client for every request no gRPC service claims (`--web-dir`);
+/// unknown paths get `index.html`, so the page's own routes work on reload.
+fn with_web_client(app: axum::Router, dir: &std::path::Path) -> axum::Router {
+    let files = tower_http::services::ServeDir::new(dir).fallback(tower_http::services::ServeFile::new(dir.join("index.html")));
+    app.fallback_service(files)
 }
 
 fn cors(origins: &[String]) -> CorsLayer {

@@ -264,6 +264,10 @@ impl RelayProc {
         format!("http://127.0.0.1:{}", self.grpc_port)
     }
 
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
     /// SIGKILL: the replica dies mid-whatever.
     pub async fn kill(&mut self) {
         self.proc.kill().await;

@@ -29,4 +29,4 @@ for tool in cargo go node npm kubectl; do
 done
 # The web client's toolchain (vite, buf, protoc-gen-es, playwright-core), pinned by package-lock.json.
 (cd "$(dirname "$0")/../web" && npm ci --no-audit --no-fund --loglevel=error)
-echo "deps: nats-server $(nats-server --version 2>&1 | tr -d 'nats-server: '), $(pocketbase --version), redis $(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/')"
+echo "deps: $(nats-server --version 2>&1), $(pocketbase --version), redis $(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/')"

@@ -132,7 +132,8 @@ pub async fn serve(relay: Arc<Relay>, listeners: Listeners, signal: impl Future<
 /// Serves the built web client for every request no gRPC service claims (`--web-dir`);
 /// unknown paths get `index.html`, so the page's own routes work on reload.
 fn with_web_client(app: axum::Router, dir: &std::path::Path) -> axum::Router {
-    let files = tower_http::services::ServeDir::new(dir).fallback(tower_http::services::ServeFile::new(dir.join("index.html")));
+    let files =
+        tower_http::services::ServeDir::new(dir).fallback(tower_http::services::ServeFile::new(dir.join("index.html")));
     app.fallback_service(files)
 }
 

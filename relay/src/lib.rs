@@ -6,6 +6,7 @@
 //! - [`settings`]: per-channel settings from Redis, cached, invalidated by the operator;
 //! - [`store`]: Redis history, `seq`/`ts` assignment, idempotency;
 //! - [`hub`]: one NATS subscription per broadcast channel per replica, fanned out in seq order;
+//! - [`order`]: the reorder buffer that puts live messages in seq order;
 //! - [`rate`]: publish rate limits;
 //! - [`rpc`]: the gRPC service, one module per RPC;
 //! - [`server`]: the listeners (gRPC + gRPC-web, admin) and graceful shutdown;
@@ -17,6 +18,7 @@ pub mod config;
 pub mod error;
 pub mod hub;
 pub mod metrics;
+pub mod order;
 pub mod rate;
 pub mod rpc;
 pub mod server;

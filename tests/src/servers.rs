@@ -73,6 +73,10 @@ impl Nats {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    pub fn pid(&self) -> u32 {
+        self.proc.as_ref().map_or(0, |p| p.pid())
+    }
+
     pub async fn stop(&mut self) {
         if let Some(mut p) = self.proc.take() {
             p.kill().await;
@@ -106,6 +110,10 @@ impl Redis {
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.proc.as_ref().map_or(0, |p| p.pid())
     }
 
     pub async fn stop(&mut self) {
@@ -379,11 +387,14 @@ impl Stack {
     }
 }
 
-/// `target/<profile>/<name>`, next to the test binary's `deps/` folder.
+/// `target/<profile>/<name>`: next to the running binary, or to its `deps/` folder for a test.
 pub(crate) fn workspace_binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
-    let bin = profile_dir.join(name);
+    let exe = std::env::current_exe().expect("binary path");
+    let mut dir = exe.parent().expect("binary folder");
+    if dir.ends_with("deps") {
+        dir = dir.parent().expect("target/<profile>");
+    }
+    let bin = dir.join(name);
     assert!(bin.exists(), "{} is missing: build it with `cargo build --workspace --bins`", bin.display());
     bin
 }

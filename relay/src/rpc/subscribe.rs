@@ -18,7 +18,8 @@ use tonic::{Request, Status};
 use crate::Relay;
 use crate::auth::User;
 use crate::error::{Error, Result};
-use crate::hub::{Sequencer, Topic};
+use crate::hub::Topic;
+use crate::order::{Sequencer, Step};
 use crate::proto::{Heartbeat, Recovery, SubscribeRequest, SubscribeResponse, subscribe_response::Event};
 use crate::store::After;
 
@@ -197,9 +198,19 @@ async fn run_channel(relay: &Relay, j: Joined, outbox: &Outbox) -> Result<()> {
                     }
                     Err(broadcast::error::RecvError::Closed) => return Err(Error::unavailable("hub", "topic closed")),
                 };
-                for m in seq.order(&relay.store, (*msg).clone()).await? {
-                    offer(outbox, m)?;
+                // The hub delivers in order; a gap here is the moment between this stream's
+                // history read and the hub's first message, or what the hub had to skip.
+                match seq.step(msg.seq) {
+                    Step::Duplicate => continue,
+                    Step::Next => {}
+                    Step::Gap { after } => {
+                        for m in relay.store.between(ch, after, msg.seq).await? {
+                            offer(outbox, m)?;
+                        }
+                    }
                 }
+                seq.delivered(msg.seq);
+                offer(outbox, (*msg).clone())?;
             }
         }
         Live::JetStream(mut messages) => loop {

@@ -1,0 +1,163 @@
+//! `loadgen`: runs one scenario against one system on this machine and prints its figures as one
+//! JSON line (and a readable summary on stderr). `scripts/bench.sh` runs every combination and
+//! writes `docs/benchmarks.md`.
+//!
+//! Systems: `relay` (two replicas, with NATS, Redis and PocketBase), `nats` (raw core NATS, the
+//! ceiling for the broker hop), `centrifugo-memory` and `centrifugo-redis` (Centrifugo v6 with each
+//! engine). Servers are started here, on loopback, from the same harness the tests use.
+#![forbid(unsafe_code)]
+
+mod centrifugo;
+mod scenario;
+mod stats;
+mod targets;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use relay_channel::ChannelSettings;
+use relay_tests::{Nats, Redis, Stack, StackOptions};
+
+use crate::scenario::{Load, Pids};
+use crate::targets::{NatsTarget, RelayTarget, Target};
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum System {
+    Relay,
+    Nats,
+    CentrifugoMemory,
+    CentrifugoRedis,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Scenario {
+    /// One channel, one publisher, many subscribers.
+    Fanout,
+    /// Many channels, one publisher and two subscribers each.
+    Channels,
+    /// Closed-loop publishers as fast as acks come back.
+    Throughput,
+    /// Many idle subscriptions: memory per subscription.
+    Idle,
+    /// Many subscribers reconnecting at once with cursors.
+    Reconnect,
+}
+
+#[derive(Parser)]
+#[command(name = "loadgen", about = "Load generator for the relay and its peers")]
+struct Args {
+    #[arg(long, value_enum)]
+    system: System,
+    #[arg(long, value_enum)]
+    scenario: Scenario,
+    /// Subscribers (fanout: on the channel; idle and reconnect: in all).
+    #[arg(long, default_value_t = 1000)]
+    subscribers: usize,
+    /// Channels (channels scenario).
+    #[arg(long, default_value_t = 1000)]
+    channels: usize,
+    /// Total publish rate, messages per second (fanout, channels).
+    #[arg(long, default_value_t = 100.0)]
+    rate: f64,
+    /// Concurrent closed-loop publishers (throughput).
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Message size in bytes.
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// Measured duration, seconds.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Messages each subscriber misses in the reconnect scenario.
+    #[arg(long, default_value_t = 20)]
+    missed: usize,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let args = Args::parse();
+    let dir = tempfile::Builder::new().prefix("relay-bench-").tempdir()?;
+    // Whatever the system, its servers live until the end of `run`.
+    let (target, pids, _servers) = start(args.system, dir.path()).await?;
+    let t = Arc::new(target);
+    let duration = Duration::from_secs(args.seconds);
+    let report = match args.scenario {
+        Scenario::Fanout => {
+            let load = Load { channels: 1, per_channel: args.subscribers, rate: args.rate, size: args.size, duration };
+            scenario::open_loop(t, &pids, "fanout", load).await?
+        }
+        Scenario::Channels => {
+            let load = Load { channels: args.channels, per_channel: 2, rate: args.rate, size: args.size, duration };
+            scenario::open_loop(t, &pids, "channels", load).await?
+        }
+        Scenario::Throughput => scenario::throughput(t, &pids, args.concurrency, args.size, duration).await?,
+        Scenario::Idle => scenario::idle(t, &pids, args.subscribers).await?,
+        Scenario::Reconnect => scenario::reconnect_storm(t, &pids, args.subscribers, args.missed).await?,
+    };
+    eprintln!(
+        "{} {}: {:.0} pub/s, {:.0} deliveries/s ({}/{}), latency p50 {:.2} ms p99 {:.2} ms, ack p50 {:.2} ms, errors {}, server CPU {:.2} cores RSS {:.0} MB {}",
+        report.system,
+        report.scenario,
+        report.publish_per_s,
+        report.delivered_per_s,
+        report.delivered,
+        report.expected,
+        report.latency.p50_ms,
+        report.latency.p99_ms,
+        report.ack.p50_ms,
+        report.errors,
+        report.server.cpu_cores,
+        report.server.rss_mb,
+        report.note
+    );
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
+/// Whatever keeps a system's servers alive (they stop when it drops).
+type Servers = Box<dyn std::any::Any + Send>;
+
+async fn start(system: System, dir: &std::path::Path) -> anyhow::Result<(Target, Pids, Servers)> {
+    Ok(match system {
+        System::Relay => {
+            let stack = Stack::with(
+                StackOptions::default()
+                    .env("RELAY_MAX_STREAMS_PER_USER", "1000000")
+                    .env("RELAY_STREAM_BUFFER", "4096")
+                    .env("RUST_LOG", "warn"),
+            )
+            .await;
+            let mut settings = ChannelSettings::default();
+            settings.limits.publish_per_second_per_user = 0;
+            stack.declare("bench", &settings).await;
+            let user = stack.pocketbase.create_user("bench").await;
+            let addrs = stack.relays.iter().map(|r| r.addr()).collect();
+            let front: Vec<u32> = stack.relays.iter().map(|r| r.pid()).collect();
+            let mut server = front.clone();
+            server.extend([stack.nats.pid(), stack.redis.pid()]);
+            let target = Target::Relay(RelayTarget::new(addrs, user.token).await?);
+            (target, Pids { server, front }, Box::new(stack))
+        }
+        System::Nats => {
+            let nats = Nats::start(dir).await;
+            let target = Target::Nats(NatsTarget::new(&nats.url(), 10).await?);
+            let pid = nats.pid();
+            (target, Pids { server: vec![pid], front: vec![pid] }, Box::new(nats))
+        }
+        System::CentrifugoMemory | System::CentrifugoRedis => {
+            let redis = match system {
+                System::CentrifugoRedis => Some(Redis::start(dir).await),
+                _ => None,
+            };
+            let c = centrifugo::Centrifugo::start(dir, redis.as_ref().map(|r| r.url())).await?;
+            let mut server = vec![c.pid()];
+            if let Some(r) = &redis {
+                server.push(r.pid());
+            }
+            let pids = Pids { server, front: vec![c.pid()] };
+            (Target::Centrifugo(Box::new(c)), pids, Box::new(redis))
+        }
+    })
+}

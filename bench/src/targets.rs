@@ -1,0 +1,169 @@
+//! The systems under test, behind one interface: subscribe to a channel (optionally from a cursor)
+//! and publish to it. Each payload starts with its send time in nanoseconds, so every delivery
+//! yields a publish-to-delivery latency.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use anyhow::Context as _;
+use futures::{Stream, StreamExt};
+use relay::proto::relay_service_client::RelayServiceClient;
+use relay::proto::{
+    ChannelSubscription, Cursor, PublishRequest, SubscribeRequest, cursor::Position, subscribe_response::Event,
+};
+use tonic::transport::Channel;
+
+use crate::centrifugo::Centrifugo;
+use crate::stats::now_ns;
+
+/// One message as a subscriber saw it.
+#[derive(Debug, Clone, Copy)]
+pub struct Delivered {
+    pub sent_ns: i64,
+    /// The resume position (relay seq, Centrifugo offset); None where the system has none.
+    pub position: Option<u64>,
+}
+
+pub type Deliveries = Pin<Box<dyn Stream<Item = Delivered> + Send>>;
+
+/// A payload of `size` bytes that starts with the send time.
+pub fn payload(size: usize) -> String {
+    let mut p = format!("{} ", now_ns());
+    while p.len() < size {
+        p.push('x');
+    }
+    p
+}
+
+pub fn sent_ns(text: &str) -> i64 {
+    text.split(' ').next().and_then(|t| t.parse().ok()).unwrap_or(0)
+}
+
+pub enum Target {
+    Relay(RelayTarget),
+    Nats(NatsTarget),
+    Centrifugo(Box<Centrifugo>),
+}
+
+impl Target {
+    pub fn name(&self) -> String {
+        match self {
+            Target::Relay(_) => "relay".into(),
+            Target::Nats(_) => "nats (raw)".into(),
+            Target::Centrifugo(c) => c.name(),
+        }
+    }
+
+    /// Subscribes with a connection of its own (as separate clients would).
+    pub async fn subscribe(&self, channel: &str, after: Option<u64>) -> anyhow::Result<Deliveries> {
+        match self {
+            Target::Relay(r) => r.subscribe(channel, after).await,
+            Target::Nats(n) => n.subscribe(channel).await,
+            Target::Centrifugo(c) => c.subscribe(channel, after).await,
+        }
+    }
+
+    pub async fn publish(&self, channel: &str, text: String) -> anyhow::Result<()> {
+        match self {
+            Target::Relay(r) => r.publish(channel, text).await,
+            Target::Nats(n) => n.publish(channel, text).await,
+            Target::Centrifugo(c) => c.publish(channel, text).await,
+        }
+    }
+
+    /// Whether a subscriber can resume from a position (the reconnect scenario).
+    pub fn resumes(&self) -> bool {
+        !matches!(self, Target::Nats(_))
+    }
+}
+
+/// The relay: subscribers spread over the replicas, each on its own HTTP/2 connection.
+pub struct RelayTarget {
+    pub addrs: Vec<String>,
+    pub token: String,
+    publishers: Vec<RelayServiceClient<Channel>>,
+    next: AtomicUsize,
+}
+
+impl RelayTarget {
+    pub async fn new(addrs: Vec<String>, token: String) -> anyhow::Result<Self> {
+        let mut publishers = Vec::new();
+        // A few connections per replica for publishing: requests multiplex over each.
+        for addr in addrs.iter().cycle().take(addrs.len() * 4) {
+            publishers.push(RelayServiceClient::new(connect(addr).await?));
+        }
+        Ok(Self { addrs, token, publishers, next: AtomicUsize::new(0) })
+    }
+
+    fn request<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(msg);
+        req.metadata_mut().insert("authorization", format!("Bearer {}", self.token).parse().expect("ascii token"));
+        req
+    }
+
+    async fn subscribe(&self, channel: &str, after: Option<u64>) -> anyhow::Result<Deliveries> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut client = RelayServiceClient::new(connect(&self.addrs[i % self.addrs.len()]).await?);
+        let cursor = after.map(|s| Cursor { position: Some(Position::SinceSeq(s)) });
+        let req = SubscribeRequest { channels: vec![ChannelSubscription { channelid: channel.into(), cursor }] };
+        let mut stream = client.subscribe(self.request(req)).await?.into_inner();
+        // The recovery marker comes once the live subscription is in place.
+        match stream.message().await? {
+            Some(r) if matches!(r.event, Some(Event::Recovery(_))) => {}
+            other => anyhow::bail!("expected a recovery marker, got {other:?}"),
+        }
+        Ok(Box::pin(stream.filter_map(|item| async move {
+            match item.ok()?.event? {
+                Event::Message(m) => Some(Delivered { sent_ns: sent_ns(&m.text), position: Some(m.seq) }),
+                _ => None,
+            }
+        })))
+    }
+
+    async fn publish(&self, channel: &str, text: String) -> anyhow::Result<()> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut client = self.publishers[i % self.publishers.len()].clone();
+        let req = PublishRequest { channelid: channel.into(), text, idempotency_key: String::new() };
+        client.publish(self.request(req)).await?;
+        Ok(())
+    }
+}
+
+async fn connect(addr: &str) -> anyhow::Result<Channel> {
+    Channel::from_shared(addr.to_owned())?.connect().await.with_context(|| format!("connecting to {addr}"))
+}
+
+/// Raw NATS: the ceiling for the broker hop. Subscribers share `connections` client connections.
+pub struct NatsTarget {
+    clients: Vec<async_nats::Client>,
+    publisher: async_nats::Client,
+    next: AtomicUsize,
+}
+
+impl NatsTarget {
+    pub async fn new(url: &str, connections: usize) -> anyhow::Result<Self> {
+        let mut clients = Vec::new();
+        for _ in 0..connections {
+            clients.push(async_nats::ConnectOptions::new().subscription_capacity(1 << 16).connect(url).await?);
+        }
+        Ok(Self { clients, publisher: async_nats::connect(url).await?, next: AtomicUsize::new(0) })
+    }
+
+    async fn subscribe(&self, channel: &str) -> anyhow::Result<Deliveries> {
+        let client = &self.clients[self.next.fetch_add(1, Ordering::Relaxed) % self.clients.len()];
+        let sub = client.subscribe(relay_channel::names::subject(channel)).await?;
+        client.flush().await?;
+        Ok(Box::pin(
+            sub.map(|m| Delivered { sent_ns: sent_ns(std::str::from_utf8(&m.payload).unwrap_or("")), position: None }),
+        ))
+    }
+
+    async fn publish(&self, channel: &str, text: String) -> anyhow::Result<()> {
+        self.publisher.publish(relay_channel::names::subject(channel), text.into()).await?;
+        Ok(())
+    }
+}
+
+/// Shared so scenario tasks can hold it.
+pub type Shared = Arc<Target>;

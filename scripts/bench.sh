@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Runs every benchmark scenario against the relay, Centrifugo (memory and Redis engines) and raw
+# NATS on this machine, in one run, then writes docs/benchmarks.md and docs/benchmarks.png.
+# Takes about ten minutes. Not part of the tests (a smoke run of loadgen is).
+#   scripts/bench.sh            # everything
+#   SECONDS_PER_RUN=5 scripts/bench.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+scripts/install-deps.sh >/dev/null
+cargo build --release -q -p relay -p relay-bench --bins
+
+# Centrifugo v6, built from its Go module into the same cache as the test binaries.
+CENTRIFUGO_VERSION=6.9.1
+export CENTRIFUGO_BIN=${CENTRIFUGO_BIN:-$HOME/.cache/relay-test-bins/centrifugo-$CENTRIFUGO_VERSION}
+if [ ! -x "$CENTRIFUGO_BIN" ]; then
+  echo "building Centrifugo $CENTRIFUGO_VERSION (first time only)" >&2
+  work=$(mktemp -d)
+  (cd "$work" && go mod init tools >/dev/null 2>&1 \
+    && GOFLAGS=-mod=mod go get "github.com/centrifugal/centrifugo/v6@v$CENTRIFUGO_VERSION" >/dev/null 2>&1 \
+    && go build -ldflags "-X github.com/centrifugal/centrifugo/v6/internal/build.Version=$CENTRIFUGO_VERSION" \
+         -o "$CENTRIFUGO_BIN" github.com/centrifugal/centrifugo/v6)
+  rm -rf "$work"
+fi
+python3 -c 'import matplotlib' 2>/dev/null || python3 -m pip install -q matplotlib
+
+# Ten thousand idle connections need file descriptors on both ends.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+secs=${SECONDS_PER_RUN:-10}
+out=target/bench
+mkdir -p "$out"
+results="$out/results.jsonl"
+: >"$results"
+commands="$out/commands.txt"
+: >"$commands"
+scenarios=(
+  "fanout --subscribers 1000 --rate 100 --seconds $secs"
+  "channels --channels 1000 --rate 2000 --seconds $secs"
+  "throughput --concurrency 64 --seconds $secs"
+  "idle --subscribers 10000"
+  "reconnect --subscribers 1000 --missed 20"
+)
+for scenario in "${scenarios[@]}"; do
+  for system in relay centrifugo-memory centrifugo-redis nats; do
+    cmd="target/release/loadgen --system $system --scenario $scenario"
+    echo "$cmd" | tee -a "$commands" >&2
+    if ! $cmd >>"$results" 2>"$out/last.err"; then
+      echo "  failed: $(tail -3 "$out/last.err")" >&2
+    else
+      tail -1 "$out/last.err" >&2
+    fi
+  done
+done
+python3 scripts/bench_report.py "$results" "$commands" docs/benchmarks.md docs/benchmarks.png
+echo "wrote docs/benchmarks.md and docs/benchmarks.png" >&2

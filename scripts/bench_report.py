@@ -1,0 +1,125 @@
+#!/usr/bin/env python3
+"""Turns loadgen's JSON lines into docs/benchmarks.md (tables, commands, machine) and a PNG chart.
+
+usage: bench_report.py results.jsonl commands.txt out.md out.png
+"""
+import json
+import os
+import platform
+import subprocess
+import sys
+from datetime import datetime, timezone
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+results_path, commands_path, md_path, png_path = sys.argv[1:5]
+rows = [json.loads(line) for line in open(results_path) if line.strip()]
+commands = [c.strip() for c in open(commands_path) if c.strip()]
+SYSTEMS = ["relay", "centrifugo (memory)", "centrifugo (redis)", "nats (raw)"]
+SCENARIOS = ["fanout", "channels", "throughput", "idle", "reconnect"]
+
+
+def get(system, scenario):
+    return next((r for r in rows if r["system"] == system and r["scenario"] == scenario), None)
+
+
+def cmd(args):
+    try:
+        return subprocess.run(args, capture_output=True, text=True, timeout=10).stdout.strip().splitlines()[0]
+    except Exception:
+        return "?"
+
+
+def cpu_model():
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+machine = [
+    f"- CPU: {os.cpu_count()} cores, {cpu_model()}",
+    f"- memory: {mem_gib:.0f} GiB; kernel {platform.release()}",
+    f"- load generator, servers and backends all on this one machine, over loopback",
+    f"- nats-server: {cmd(['nats-server', '--version'])}; redis: {cmd(['redis-server', '--version'])}",
+    f"- Centrifugo: {cmd([os.environ.get('CENTRIFUGO_BIN', 'centrifugo'), 'version'])}",
+    f"- run at {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+]
+
+fmt = lambda v, d=0: "-" if v is None else f"{v:,.{d}f}"  # noqa: E731
+out = ["# Benchmarks", "", "Made by `scripts/bench.sh` (which ran every command listed at the end) in one run on one",
+       "machine. Figures vary 10-30% between runs on this kind of machine: compare the systems within",
+       "this run, as ratios, not against figures from elsewhere.", "", "## Machine", "", *machine, ""]
+
+out += ["## How each system was run", "",
+        "- **relay**: two relay replicas (release build) with NATS (JetStream on), Redis (append-only file)",
+        "  and PocketBase; one subscriber per HTTP/2 connection, spread over both replicas; publishes over",
+        "  gRPC to either replica, each acknowledged after Redis and NATS took it.",
+        "- **centrifugo (memory | redis)**: Centrifugo v6, one node, its memory or Redis engine, history",
+        "  and recovery on for the channels (as a chat needs); one WebSocket connection per subscriber",
+        "  (JSON protocol); publishes through its server HTTP API. Defaults otherwise.",
+        "- **nats (raw)**: core NATS subscribers on 10 connections and a fire-and-forget publisher: the",
+        "  ceiling for the broker hop, with no auth, history, ordering or acks.",
+        "", "Latency is publish call to delivery at the subscriber (same clock). CPU is in cores used by",
+        "the system's server processes over the measured window (relay: relays + NATS + Redis;",
+        "Centrifugo with Redis: Centrifugo + Redis); `front` is the relays / Centrifugo / nats-server alone.", ""]
+
+for scenario in SCENARIOS:
+    present = [get(s, scenario) for s in SYSTEMS]
+    present = [r for r in present if r]
+    if not present:
+        continue
+    out += [f"## {scenario}", "", f"{present[0].get('params') or ''}", ""]
+    if scenario == "idle":
+        out += ["| system | KiB per idle subscription (front) | front RSS MB | server RSS MB | CPU idle (cores) | note |",
+                "| --- | ---: | ---: | ---: | ---: | --- |"]
+        for r in present:
+            out.append(f"| {r['system']} | {fmt(r.get('kib_per_idle_subscription'), 1)} | {fmt(r['front']['rss_mb'])} "
+                       f"| {fmt(r['server']['rss_mb'])} | {fmt(r['server']['cpu_cores'], 2)} | {r.get('note', '')} |")
+    else:
+        out += ["| system | published/s | delivered/s | delivered / expected | p50 ms | p90 ms | p99 ms | p99.9 ms | ack p50 ms | ack p99 ms | errors | server CPU | server RSS MB | note |",
+                "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+        for r in present:
+            lat, ack = r["latency"], r["ack"]
+            out.append(
+                f"| {r['system']} | {fmt(r['publish_per_s'])} | {fmt(r['delivered_per_s'])} | {r['delivered']:,} / {r['expected']:,} "
+                f"| {fmt(lat['p50_ms'], 2)} | {fmt(lat['p90_ms'], 2)} | {fmt(lat['p99_ms'], 2)} | {fmt(lat['p999_ms'], 2)} "
+                f"| {fmt(ack['p50_ms'], 2)} | {fmt(ack['p99_ms'], 2)} | {r['errors']} | {fmt(r['server']['cpu_cores'], 2)} "
+                f"| {fmt(r['server']['rss_mb'])} | {r.get('note', '')} |")
+        relay = get("relay", scenario)
+        if relay and relay["delivered_per_s"]:
+            ratios = [f"{r['system']} {r['delivered_per_s'] / relay['delivered_per_s']:.2f}x" for r in present
+                      if r["system"] != "relay" and r["delivered_per_s"]]
+            if ratios:
+                out += ["", "Delivered/s relative to the relay: " + ", ".join(ratios) + "."]
+    out.append("")
+
+out += ["## Commands", "", "```sh", *commands, "```", "", "![throughput and latency per system](benchmarks.png)", ""]
+open(md_path, "w").write("\n".join(out))
+
+# Chart: delivered/s and p99 latency per scenario and system.
+plotted = [s for s in SCENARIOS if s not in ("idle",)]
+fig, axes = plt.subplots(1, 3, figsize=(16, 5))
+width = 0.2
+for i, system in enumerate(SYSTEMS):
+    xs = [j + (i - 1.5) * width for j in range(len(plotted))]
+    axes[0].bar(xs, [(get(system, s) or {}).get("delivered_per_s", 0) for s in plotted], width, label=system)
+    axes[1].bar(xs, [((get(system, s) or {}).get("latency") or {}).get("p99_ms", 0) for s in plotted], width, label=system)
+idle = [get(s, "idle") for s in SYSTEMS]
+axes[2].bar([r["system"] for r in idle if r], [r.get("kib_per_idle_subscription") or 0 for r in idle if r],
+            color=["C0", "C1", "C2", "C3"][: len([r for r in idle if r])])
+for ax, title in zip(axes[:2], ["delivered messages/s", "p99 latency, ms (log)"]):
+    ax.set_xticks(range(len(plotted)))
+    ax.set_xticklabels(plotted)
+    ax.set_title(title)
+axes[1].set_yscale("log")
+axes[0].legend()
+axes[2].set_title("KiB per idle subscription")
+axes[2].tick_params(axis="x", rotation=20)
+fig.suptitle(f"Relay vs Centrifugo vs raw NATS, one machine ({os.cpu_count()} cores)")
+fig.tight_layout()
+fig.savefig(png_path, dpi=100)

@@ -124,8 +124,8 @@ async fn start(system: System, dir: &std::path::Path) -> anyhow::Result<(Target,
         System::Relay => {
             let stack = Stack::with(
                 StackOptions::default()
+                    // Every simulated client uses one PocketBase user: lift the per-user stream cap.
                     .env("RELAY_MAX_STREAMS_PER_USER", "1000000")
-                    .env("RELAY_STREAM_BUFFER", "4096")
                     .env("RUST_LOG", "warn"),
             )
             .await;

@@ -26,11 +26,21 @@ pub struct Listeners {
 
 impl Listeners {
     pub async fn bind(config: &Config) -> anyhow::Result<Self> {
-        let grpc = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
-        let admin =
-            TcpListener::bind(config.admin_listen).await.with_context(|| format!("binding {}", config.admin_listen))?;
+        let grpc = listen(config.listen).with_context(|| format!("binding {}", config.listen))?;
+        let admin = listen(config.admin_listen).with_context(|| format!("binding {}", config.admin_listen))?;
         Ok(Self { grpc, admin })
     }
+}
+
+/// A listener with a deep accept backlog. The standard library's 128 overflowed when a thousand
+/// clients reconnected at once (a replica went away), and the kernel's SYN retry added a full
+/// second to their reconnect (measured with `loadgen --scenario reconnect`).
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }
 
 /// Connects to NATS and Redis (both lazily: the relay starts, not ready, while they are down) and
@@ -63,7 +73,7 @@ pub async fn connect(config: Config) -> anyhow::Result<Arc<Relay>> {
     )?;
     Ok(Arc::new(Relay {
         settings: settings::SettingsCache::new(store.clone(), config.settings_ttl, config.undeclared_channels),
-        hub: hub::Hub::new(nats.clone(), store.clone(), config.stream_buffer, reconnected),
+        hub: hub::Hub::new(nats.clone(), store.clone(), reconnected),
         jetstream: async_nats::jetstream::new(nats.clone()),
         rate: rate::RateLimiter::default(),
         stream_slots: rpc::subscribe::StreamSlots::new(config.max_streams_per_user),

@@ -11,7 +11,7 @@ mod servers;
 
 pub use client::{Client, Event, Sub};
 pub use relay::proto::cursor::Position;
-pub use servers::{Nats, OperatorProc, PocketBase, Redis, RelayProc, Stack, StackOptions, TestUser};
+pub use servers::{Nats, OperatorProc, PocketBase, Redis, RelayProc, Server, Stack, StackOptions, TestUser};
 
 use std::net::TcpListener;
 use std::time::Duration;

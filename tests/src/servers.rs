@@ -55,88 +55,113 @@ async fn wait_for_port(port: u16, what: &str) {
     .await;
 }
 
-/// nats-server with JetStream.
-pub struct Nats {
+/// A server on a fixed port and data folder that a test can stop and start again, as an outage.
+pub struct Server {
     pub port: u16,
+    name: &'static str,
     dir: PathBuf,
     proc: Option<Proc>,
+    /// The command line, given the port and the data folder.
+    command: fn(u16, &Path) -> Command,
 }
 
-impl Nats {
-    pub async fn start(dir: &Path) -> Self {
-        let mut n = Self { port: free_port(), dir: dir.join("nats"), proc: None };
-        n.restart().await;
-        n
-    }
-
-    pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+impl Server {
+    async fn start(name: &'static str, dir: &Path, command: fn(u16, &Path) -> Command) -> Self {
+        let mut s = Self { port: free_port(), name, dir: dir.join(name), proc: None, command };
+        s.restart().await;
+        s
     }
 
     pub fn pid(&self) -> u32 {
         self.proc.as_ref().map_or(0, |p| p.pid())
     }
 
+    /// SIGKILL: the server is gone, as in a crash.
     pub async fn stop(&mut self) {
         if let Some(mut p) = self.proc.take() {
             p.kill().await;
         }
     }
 
-    /// Starts (again) on the same port and store directory.
+    /// Starts (again) on the same port and data folder.
     pub async fn restart(&mut self) {
         self.stop().await;
-        std::fs::create_dir_all(&self.dir).expect("nats dir");
-        let mut cmd = Command::new("nats-server");
-        cmd.args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"]).arg(&self.dir);
-        self.proc = Some(Proc::spawn("nats-server", &mut cmd, &self.dir.join("../nats.log")));
-        wait_for_port(self.port, "nats-server").await;
+        std::fs::create_dir_all(&self.dir).expect("server data folder");
+        let log = self.dir.join(format!("../{}.log", self.name));
+        self.proc = Some(Proc::spawn(self.name, &mut (self.command)(self.port, &self.dir), &log));
+        wait_for_port(self.port, self.name).await;
+    }
+}
+
+/// nats-server with JetStream.
+pub struct Nats(pub Server);
+
+impl Nats {
+    pub async fn start(dir: &Path) -> Self {
+        Self(
+            Server::start("nats-server", dir, |port, dir| {
+                let mut cmd = Command::new("nats-server");
+                cmd.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"]).arg(dir);
+                cmd
+            })
+            .await,
+        )
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.0.port)
+    }
+}
+
+impl std::ops::Deref for Nats {
+    type Target = Server;
+    fn deref(&self) -> &Server {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Nats {
+    fn deref_mut(&mut self) -> &mut Server {
+        &mut self.0
     }
 }
 
 /// redis-server, with an append-only file so a restart keeps data (as a production Redis would).
-pub struct Redis {
-    pub port: u16,
-    dir: PathBuf,
-    proc: Option<Proc>,
-}
+pub struct Redis(pub Server);
 
 impl Redis {
     pub async fn start(dir: &Path) -> Self {
-        let mut r = Self { port: free_port(), dir: dir.join("redis"), proc: None };
-        r.restart().await;
-        r
+        Self(
+            Server::start("redis-server", dir, |port, dir| {
+                let mut cmd = Command::new("redis-server");
+                cmd.args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "yes"])
+                    .args(["--appendfsync", "always", "--dir"])
+                    .arg(dir);
+                cmd
+            })
+            .await,
+        )
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.proc.as_ref().map_or(0, |p| p.pid())
-    }
-
-    pub async fn stop(&mut self) {
-        if let Some(mut p) = self.proc.take() {
-            p.kill().await;
-        }
-    }
-
-    pub async fn restart(&mut self) {
-        self.stop().await;
-        std::fs::create_dir_all(&self.dir).expect("redis dir");
-        let mut cmd = Command::new("redis-server");
-        cmd.args(["--bind", "127.0.0.1", "--port", &self.port.to_string(), "--save", "", "--appendonly", "yes"])
-            .arg("--appendfsync")
-            .arg("always")
-            .arg("--dir")
-            .arg(&self.dir);
-        self.proc = Some(Proc::spawn("redis-server", &mut cmd, &self.dir.join("../redis.log")));
-        wait_for_port(self.port, "redis-server").await;
+        format!("redis://127.0.0.1:{}", self.0.port)
     }
 
     pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
         redis::Client::open(self.url()).unwrap().get_multiplexed_async_connection().await.unwrap()
+    }
+}
+
+impl std::ops::Deref for Redis {
+    type Target = Server;
+    fn deref(&self) -> &Server {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Redis {
+    fn deref_mut(&mut self) -> &mut Server {
+        &mut self.0
     }
 }
 

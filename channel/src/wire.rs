@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 pub struct WireMessage {
     pub channelid: String,
     pub userid: String,
+    /// The sender's display name (PocketBase `name`) when it was published; may be empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub username: String,
     pub text: String,
     /// Unix nanoseconds, strictly increasing within a channel.
     pub ts: i64,
@@ -35,6 +38,7 @@ mod tests {
         let m = WireMessage {
             channelid: "chat".into(),
             userid: "u1".into(),
+            username: String::new(),
             text: "hi".into(),
             ts: 1_700_000_000_000_000_001,
             seq: 7,
@@ -43,5 +47,7 @@ mod tests {
         let json = String::from_utf8(m.to_json()).unwrap();
         assert_eq!(json, r#"{"channelid":"chat","userid":"u1","text":"hi","ts":1700000000000000001,"seq":7,"id":"x"}"#);
         assert_eq!(WireMessage::from_json(json.as_bytes()).unwrap(), m);
+        let named = WireMessage { username: "Alice".into(), ..m };
+        assert!(String::from_utf8(named.to_json()).unwrap().contains(r#""username":"Alice""#));
     }
 }

@@ -28,6 +28,8 @@ const SWEEP_ABOVE: usize = 10_000;
 pub struct User {
     /// The PocketBase record id: the only `userid` the relay ever stamps on a message.
     pub id: String,
+    /// The record's `name`, shown to other users; may be empty.
+    pub name: String,
 }
 
 /// The outcome of one check, shareable between the callers waiting for it.
@@ -152,6 +154,8 @@ struct RefreshReply {
 #[derive(Deserialize)]
 struct Record {
     id: String,
+    #[serde(default)]
+    name: String,
 }
 
 impl Inner {
@@ -171,7 +175,7 @@ impl Inner {
             return Outcome::Unreachable(format!("{} answered {status}", self.refresh_url));
         }
         match reply.json::<RefreshReply>().await {
-            Ok(r) if !r.record.id.is_empty() => Outcome::Valid(User { id: r.record.id }),
+            Ok(r) if !r.record.id.is_empty() => Outcome::Valid(User { id: r.record.id, name: r.record.name }),
             Ok(_) => Outcome::Unreachable("PocketBase returned a record without an id".into()),
             Err(e) => Outcome::Unreachable(format!("reading PocketBase's answer: {e}")),
         }

@@ -18,12 +18,12 @@ use crate::error::{Error, Result};
 
 const APPEND: &str = r#"
 -- KEYS: history stream, meta hash, idempotency key (ignored unless ARGV[7] == '1')
--- ARGV: userid, text, id, max messages, max age seconds, idempotency ttl seconds, has idempotency key
+-- ARGV: userid, text, id, max messages, max age seconds, idempotency ttl seconds,
+--       has idempotency key, sender's display name
 if ARGV[7] == '1' then
-  local prev = redis.call('GET', KEYS[3])
-  if prev then
-    local seq, ts, id, text = string.match(prev, '^(%d+) (%d+) (%S+) (.*)$')
-    return {1, seq, ts, id, text}
+  local prev = redis.call('HMGET', KEYS[3], 'seq', 'ts', 'id', 't', 'n')
+  if prev[1] then
+    return {1, prev[1], prev[2], prev[3], prev[4], prev[5]}
   end
 end
 local now = redis.call('TIME')
@@ -41,7 +41,8 @@ local seq = redis.call('HINCRBY', KEYS[2], 'seq', 1)
 redis.call('HSET', KEYS[2], 'ts_s', sec, 'ts_ns', nsec)
 local ts = string.format('%d%09d', sec, nsec)
 local maxlen = tonumber(ARGV[4])
-redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, seq .. '-0', 'u', ARGV[1], 't', ARGV[2], 'ts', ts, 'id', ARGV[3])
+-- Field order matters: the age trim below reads ts as the entry's sixth element.
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, seq .. '-0', 'u', ARGV[1], 't', ARGV[2], 'ts', ts, 'id', ARGV[3], 'n', ARGV[8])
 local max_age = tonumber(ARGV[5])
 if max_age > 0 then
   redis.call('EXPIRE', KEYS[1], max_age)
@@ -57,9 +58,10 @@ if max_age > 0 then
   end
 end
 if ARGV[7] == '1' then
-  redis.call('SET', KEYS[3], seq .. ' ' .. ts .. ' ' .. ARGV[3] .. ' ' .. ARGV[2], 'EX', tonumber(ARGV[6]))
+  redis.call('HSET', KEYS[3], 'seq', seq, 'ts', ts, 'id', ARGV[3], 't', ARGV[2], 'n', ARGV[8])
+  redis.call('EXPIRE', KEYS[3], tonumber(ARGV[6]))
 end
-return {0, tostring(seq), ts, ARGV[3], ARGV[2]}
+return {0, tostring(seq), ts, ARGV[3], ARGV[2], ARGV[8]}
 "#;
 
 /// How long an idempotency key is remembered when the channel keeps history for less.
@@ -71,6 +73,8 @@ const TS_SCAN_PAGE: usize = 256;
 pub struct Append<'a> {
     pub channel: &'a str,
     pub userid: &'a str,
+    /// The sender's display name, stored with the message.
+    pub username: &'a str,
     pub text: &'a str,
     pub id: &'a str,
     pub idempotency_key: Option<&'a str>,
@@ -146,7 +150,7 @@ impl Store {
         let idem = a.idempotency_key.map(|k| names::idempotency_key(a.channel, a.userid, k));
         let idem_ttl = a.max_age_secs.max(MIN_IDEMPOTENCY_TTL);
         let meta = names::meta_key(a.channel);
-        let (replayed, seq, ts, id, text): (u8, String, String, String, String) = self
+        let (replayed, seq, ts, id, text, username): (u8, String, String, String, String, String) = self
             .append
             .key(names::history_key(a.channel))
             .key(&meta)
@@ -159,6 +163,7 @@ impl Store {
             .arg(a.max_age_secs)
             .arg(idem_ttl)
             .arg(if idem.is_some() { "1" } else { "0" })
+            .arg(a.username)
             .invoke_async(&mut conn)
             .await?;
         let bad = |what: &str| Error::unavailable("redis", format!("append script returned a bad {what}"));
@@ -166,6 +171,7 @@ impl Store {
             message: WireMessage {
                 channelid: a.channel.to_owned(),
                 userid: a.userid.to_owned(),
+                username,
                 text,
                 ts: ts.parse().map_err(|_| bad("ts"))?,
                 seq: seq.parse().map_err(|_| bad("seq"))?,
@@ -300,12 +306,13 @@ fn drop_expired(messages: &mut Vec<WireMessage>, max_age: Option<Duration>) {
     messages.retain(|m| m.ts >= cutoff);
 }
 
-/// One stream entry (`<seq>-0`, fields u t ts id) as a message; None for an entry not of ours.
+/// One stream entry (`<seq>-0`, fields u t ts id n) as a message; None for an entry not of ours.
 fn parse(channel: &str, (id, fields): Entry) -> Option<WireMessage> {
     let seq = id.strip_suffix("-0")?.parse().ok()?;
     let mut m = WireMessage {
         channelid: channel.to_owned(),
         userid: String::new(),
+        username: String::new(),
         text: String::new(),
         ts: 0,
         seq,
@@ -318,6 +325,7 @@ fn parse(channel: &str, (id, fields): Entry) -> Option<WireMessage> {
             "t" => m.text = v,
             "ts" => m.ts = v.parse().ok()?,
             "id" => m.id = v,
+            "n" => m.username = v,
             _ => {}
         }
     }

@@ -44,6 +44,7 @@ async fn a_message_published_on_one_replica_reaches_a_subscriber_on_the_other() 
 
     let sent = stack.client(1).await.publish(&alice.token, &ch, "hello bob").await.unwrap();
     assert_eq!((sent.seq, sent.userid.as_str(), sent.channelid.as_str()), (1, alice.id.as_str(), ch.as_str()));
+    assert_eq!(sent.username, "alice", "the sender's PocketBase name travels with the message");
     assert!(!sent.id.is_empty());
     let got = sub.messages(1, T).await;
     assert_eq!(got, vec![sent.clone()], "the subscriber sees exactly the stored message");
@@ -58,6 +59,7 @@ async fn a_message_published_on_one_replica_reaches_a_subscriber_on_the_other() 
     assert_eq!(json["channelid"], ch.as_str());
     assert_eq!(json["userid"], alice.id.as_str());
     assert_eq!(json["text"], "second");
+    assert_eq!(json["username"], "alice");
     assert_eq!(json["ts"].as_i64(), Some(second.ts));
     assert!(second.ts > sent.ts && second.seq == 2);
 }

@@ -89,7 +89,8 @@ function render(m: Message) {
   const when = new Date(Number(m.ts / 1_000_000n));
   const meta = document.createElement("span");
   meta.className = "meta";
-  meta.textContent = `#${m.channelid} · ${mine ? "you" : m.userid} · ${when.toLocaleTimeString()}`;
+  const who = mine ? "you" : m.username || `user ${m.userid.slice(0, 6)}`;
+  meta.textContent = `#${m.channelid} · ${who} · ${when.toLocaleTimeString()}`;
   const text = document.createElement("span");
   text.className = "text";
   text.textContent = m.text;

@@ -63,6 +63,8 @@ test("two people chat across replicas, reload, and survive a replica dying", { s
     assert.deepEqual(seen, ["hi alice, it's bob", "hello bob", "while you were away 1", "while you were away 2", "while you were away 3"]);
     const seqs = await alice.$$eval("#messages li", (els) => els.map((e) => Number(e.dataset.seq)));
     assert.deepEqual(seqs, [1, 2, 3, 4, 5], "in order, none lost, none doubled");
+    const senders = await alice.$$eval("#messages li .meta", (els) => els.map((e) => e.textContent.split(" · ")[1]));
+    assert.deepEqual(senders, ["bob", "you", "bob", "bob", "bob"], "who sent what");
 
     if (env.ARTIFACTS) {
       mkdirSync(env.ARTIFACTS, { recursive: true });

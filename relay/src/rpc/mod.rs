@@ -74,7 +74,15 @@ pub fn cursor(c: Option<&proto::Cursor>) -> Result<Option<After>> {
 
 impl From<relay_channel::WireMessage> for proto::Message {
     fn from(m: relay_channel::WireMessage) -> Self {
-        proto::Message { channelid: m.channelid, userid: m.userid, text: m.text, ts: m.ts, seq: m.seq, id: m.id }
+        proto::Message {
+            channelid: m.channelid,
+            userid: m.userid,
+            text: m.text,
+            ts: m.ts,
+            seq: m.seq,
+            id: m.id,
+            username: m.username,
+        }
     }
 }
 

@@ -38,6 +38,7 @@ pub async fn publish(relay: &Relay, req: Request<PublishRequest>) -> Result<Publ
         .append(Append {
             channel: channel.as_str(),
             userid: &user.id,
+            username: &user.name,
             text: &req.text,
             id: &id,
             idempotency_key: (!req.idempotency_key.is_empty()).then_some(req.idempotency_key.as_str()),

@@ -138,6 +138,7 @@ mod tests {
         WireMessage {
             channelid: "c".into(),
             userid: "u".into(),
+            username: String::new(),
             text: seq.to_string(),
             ts: seq as i64,
             seq,

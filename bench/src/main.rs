@@ -2,7 +2,7 @@
 //! JSON line (and a readable summary on stderr). `scripts/bench.sh` runs every combination and
 //! writes `docs/benchmarks.md`.
 //!
-//! Systems: `relay` (two replicas, with NATS, Redis and PocketBase), `nats` (raw core NATS, the
+//! Systems: `relay` (`--replicas`, two by default, with NATS, Redis and PocketBase), `nats` (raw core NATS, the
 //! ceiling for the broker hop), `centrifugo-memory` and `centrifugo-redis` (Centrifugo v6 with each
 //! engine). Servers are started here, on loopback, from the same harness the tests use.
 #![forbid(unsafe_code)]
@@ -72,6 +72,9 @@ struct Args {
     /// Messages each subscriber misses in the reconnect scenario.
     #[arg(long, default_value_t = 20)]
     missed: usize,
+    /// Relay replicas (relay system only).
+    #[arg(long, default_value_t = 2)]
+    replicas: usize,
 }
 
 #[tokio::main]
@@ -80,7 +83,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let dir = tempfile::Builder::new().prefix("relay-bench-").tempdir()?;
     // Whatever the system, its servers live until the end of `run`.
-    let (target, pids, _servers) = start(args.system, dir.path()).await?;
+    let (target, pids, _servers) = start(args.system, args.replicas, dir.path()).await?;
     let t = Arc::new(target);
     let duration = Duration::from_secs(args.seconds);
     let report = match args.scenario {
@@ -119,11 +122,11 @@ async fn main() -> anyhow::Result<()> {
 /// Whatever keeps a system's servers alive (they stop when it drops).
 type Servers = Box<dyn std::any::Any + Send>;
 
-async fn start(system: System, dir: &std::path::Path) -> anyhow::Result<(Target, Pids, Servers)> {
+async fn start(system: System, replicas: usize, dir: &std::path::Path) -> anyhow::Result<(Target, Pids, Servers)> {
     Ok(match system {
         System::Relay => {
             let stack = Stack::with(
-                StackOptions::default()
+                StackOptions { relays: replicas.max(1), ..Default::default() }
                     // Every simulated client uses one PocketBase user: lift the per-user stream cap.
                     .env("RELAY_MAX_STREAMS_PER_USER", "1000000")
                     .env("RUST_LOG", "warn"),

@@ -175,5 +175,6 @@ fn print_message(m: &Message) {
     let secs = m.ts / 1_000_000_000;
     let (h, mi, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
     let ms = (m.ts / 1_000_000) % 1000;
-    println!("{} #{} {h:02}:{mi:02}:{s:02}.{ms:03}Z {}: {}", m.channelid, m.seq, m.userid, m.text);
+    let who = if m.username.is_empty() { &m.userid } else { &m.username };
+    println!("{} #{} {h:02}:{mi:02}:{s:02}.{ms:03}Z {who}: {}", m.channelid, m.seq, m.text);
 }

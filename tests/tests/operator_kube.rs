@@ -1,5 +1,6 @@
 //! The operator against a real kube-apiserver and etcd, with real NATS and Redis: the CRD's
-//! validation, create/update/delete with each policy, drift, a NATS outage, and leader election.
+//! validation, create/update/delete with each policy, drift, NATS and Redis outages, and leader
+//! election.
 
 use std::time::Duration;
 
@@ -170,12 +171,17 @@ async fn relaychannels_are_validated_reconciled_updated_repaired_and_deleted() {
     wait_ready(&api, &ch, "False", "NatsUnavailable", 4).await;
     stack.nats.restart().await;
     wait_ready(&api, &ch, "True", "Reconciled", 4).await;
+    // Redis down likewise.
+    stack.redis.stop().await;
+    wait_ready(&api, &ch, "False", "RedisUnavailable", 4).await;
+    stack.redis.restart().await;
+    wait_ready(&api, &ch, "True", "Reconciled", 4).await;
 
     // Events were recorded on changes of state.
     let events: Api<Event> = Api::namespaced(client.clone(), "team");
     let list = events.list(&ListParams::default().fields(&format!("involvedObject.name={ch}"))).await.unwrap();
     let reasons: Vec<_> = list.items.iter().filter_map(|e| e.reason.clone()).collect();
-    for want in ["Reconciled", "ChangeRefused", "NatsUnavailable"] {
+    for want in ["Reconciled", "ChangeRefused", "NatsUnavailable", "RedisUnavailable"] {
         assert!(reasons.iter().any(|r| r == want), "no {want} event in {reasons:?}");
     }
 
@@ -189,6 +195,7 @@ async fn relaychannels_are_validated_reconciled_updated_repaired_and_deleted() {
     .await;
     assert!(js.get_stream(names::stream_name(&ch)).await.is_err(), "Delete removes the stream");
     assert!(js.get_stream(names::stream_name(&kept)).await.is_ok(), "Retain keeps the stream");
+    let mut redis = stack.redis.connection().await; // the earlier one died with the Redis restart
     let exists: i64 = redis::AsyncCommands::exists(&mut redis, names::settings_key(&kept)).await.unwrap();
     assert_eq!(exists, 0, "a retained channel is no longer declared");
 }

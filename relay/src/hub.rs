@@ -67,7 +67,7 @@ impl Hub {
         topics.retain(|_, t| t.strong_count() > 0);
         let sub =
             self.nats.subscribe(names::subject(channel)).await.map_err(|e| Error::unavailable("nats subscribe", e))?;
-        self.nats.flush().await.map_err(|e| Error::unavailable("nats flush", e))?;
+        confirm_subscriptions(&self.nats).await?;
         let (tx, _) = broadcast::channel(TOPIC_BUFFER);
         let task =
             tokio::spawn(pump(channel.to_owned(), sub, tx.clone(), self.store.clone(), self.reconnected.subscribe()));
@@ -75,6 +75,19 @@ impl Hub {
         topics.insert(channel.to_owned(), Arc::downgrade(&topic));
         crate::metrics::topics().set(topics.len() as i64);
         Ok(topic)
+    }
+}
+
+/// How long a subscription may take to reach the NATS server before the call fails UNAVAILABLE
+/// (while NATS is unreachable the client would otherwise wait for it indefinitely).
+const SUBSCRIBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Waits until the NATS server has every subscription made so far (a PING/PONG round trip).
+pub async fn confirm_subscriptions(nats: &async_nats::Client) -> Result<()> {
+    match tokio::time::timeout(SUBSCRIBE_TIMEOUT, nats.flush()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(Error::unavailable("nats flush", e)),
+        Err(_) => Err(Error::unavailable("nats", format!("no answer within {SUBSCRIBE_TIMEOUT:?}"))),
     }
 }
 

@@ -421,7 +421,32 @@ pub(crate) fn workspace_binary(name: &str) -> PathBuf {
     }
     let bin = dir.join(name);
     assert!(bin.exists(), "{} is missing: build it with `cargo build --workspace --bins`", bin.display());
+    // `cargo test -p relay-tests` does not rebuild the relay or the operator: refuse to test a stale one.
+    let sources = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(name).join("src");
+    let built = std::fs::metadata(&bin).and_then(|m| m.modified()).expect("binary mtime");
+    if let Some(newer) = newest(&sources).filter(|(t, _)| *t > built) {
+        panic!("{} is older than {}: run `cargo build --workspace --bins`", bin.display(), newer.1.display());
+    }
     bin
+}
+
+/// The most recently modified file under `dir` (recursively), if `dir` exists.
+fn newest(dir: &Path) -> Option<(std::time::SystemTime, PathBuf)> {
+    let mut best: Option<(std::time::SystemTime, PathBuf)> = None;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let candidate = if path.is_dir() {
+            newest(&path)
+        } else {
+            entry.metadata().and_then(|m| m.modified()).ok().map(|t| (t, path))
+        };
+        if let Some(c) = candidate
+            && best.as_ref().is_none_or(|b| c.0 > b.0)
+        {
+            best = Some(c);
+        }
+    }
+    best
 }
 
 fn relay_binary() -> PathBuf {

@@ -252,3 +252,26 @@ async fn history_pages_oldest_first_with_cursor_and_limit() {
     let none = c.history(&alice.token, &unique("empty"), None, 10).await.unwrap();
     assert!(none.messages.is_empty() && !none.more);
 }
+
+#[tokio::test]
+async fn calls_while_nats_is_down_fail_with_unavailable_instead_of_hanging() {
+    let mut stack = Stack::with(StackOptions { relays: 1, ..Default::default() }).await;
+    let alice = stack.pocketbase.create_user("alice").await;
+    let mut c = stack.client(0).await;
+    c.history(&alice.token, "warmup", None, 1).await.unwrap();
+    stack.nats.stop().await;
+    let started = std::time::Instant::now();
+    let e = tokio::time::timeout(Duration::from_secs(15), c.subscribe(&alice.token, &[(&unique("dark"), None)]))
+        .await
+        .expect("subscribe must not hang while NATS is down")
+        .err()
+        .expect("refused");
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    stack.nats.restart().await;
+    eventually(T, "subscribing works again", || {
+        let (mut c, token) = (c.clone(), alice.token.clone());
+        async move { c.subscribe(&token, &[(&unique("light"), None)]).await.is_ok() }
+    })
+    .await;
+}

@@ -77,7 +77,7 @@ pub async fn subscribe(relay: Arc<Relay>, req: Request<SubscribeRequest>) -> Res
         joined.push(join(&relay, &user, channel, cursor).await?);
     }
     if joined.iter().any(|j| matches!(j.live, Live::Queue(_))) {
-        relay.nats.flush().await.map_err(|e| Error::unavailable("nats flush", e))?;
+        crate::hub::confirm_subscriptions(&relay.nats).await?;
     }
 
     let (outbox, stream) = Outbox::new(relay.config.stream_buffer);

@@ -13,7 +13,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use relay_channel::{ChannelId, Delivery, WireMessage, names};
 use tokio::sync::broadcast;
-use tonic::{Request, Status};
+use tonic::Request;
 
 use crate::Relay;
 use crate::auth::User;
@@ -343,11 +343,5 @@ impl Drop for Slot {
                 counts.remove(&self.user);
             }
         }
-    }
-}
-
-impl From<Closed> for Status {
-    fn from(_: Closed) -> Self {
-        Status::cancelled("stream closed")
     }
 }

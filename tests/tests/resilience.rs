@@ -91,17 +91,43 @@ async fn a_client_whose_replica_is_killed_resumes_on_the_other_and_loses_nothing
     assert_receives(&mut sub, &second, last).await;
 }
 
+/// Two replicas with Bob streaming a channel on replica 0 and Alice publishing on replica 1, five
+/// messages already through: the starting point of an outage test.
+struct LiveChannel {
+    stack: Stack,
+    alice: relay_tests::TestUser,
+    bob: relay_tests::TestUser,
+    ch: String,
+    sub: relay_tests::Sub,
+    publisher: Client,
+    last: u64,
+}
+
+impl LiveChannel {
+    async fn start(name: &str) -> Self {
+        let stack = Stack::start().await;
+        let (alice, bob) = (stack.pocketbase.create_user("alice").await, stack.pocketbase.create_user("bob").await);
+        let ch = unique(name);
+        let mut sub = stack.client(0).await.subscribe(&bob.token, &[(&ch, None)]).await.unwrap();
+        sub.recovery().await;
+        let mut publisher = stack.client(1).await;
+        let before = publish_all(&mut publisher, &alice.token, &ch, "before", 5).await;
+        let last = assert_receives(&mut sub, &before, 0).await;
+        Self { stack, alice, bob, ch, sub, publisher, last }
+    }
+
+    /// Publishes five more and checks the open stream gets them after what it had.
+    async fn still_delivers(&mut self) -> Vec<Message> {
+        let after = publish_all(&mut self.publisher, &self.alice.token, &self.ch, "after", 5).await;
+        assert_receives(&mut self.sub, &after, self.last).await;
+        after
+    }
+}
+
 #[tokio::test]
 async fn nats_restarted_under_live_clients_and_service_recovers_by_itself() {
-    let mut stack = Stack::start().await;
-    let (alice, bob) = (stack.pocketbase.create_user("alice").await, stack.pocketbase.create_user("bob").await);
-    let ch = unique("natsdown");
-    let mut sub = stack.client(0).await.subscribe(&bob.token, &[(&ch, None)]).await.unwrap();
-    sub.recovery().await;
-    let mut c = stack.client(1).await;
-    let before = publish_all(&mut c, &alice.token, &ch, "before", 5).await;
-    let last = assert_receives(&mut sub, &before, 0).await;
-
+    let mut live = LiveChannel::start("natsdown").await;
+    let stack = &mut live.stack;
     stack.nats.stop().await;
     eventually(T, "relays notice NATS is gone", || async { !stack.relays[0].ready().await }).await;
     stack.nats.restart().await;
@@ -109,34 +135,27 @@ async fn nats_restarted_under_live_clients_and_service_recovers_by_itself() {
         .await;
 
     // The same stream keeps working, and new ones too.
-    let after = publish_all(&mut c, &alice.token, &ch, "after", 5).await;
-    assert_receives(&mut sub, &after, last).await;
-    let mut fresh = stack.client(1).await.subscribe(&bob.token, &[(&ch, Some(Position::SinceSeq(0)))]).await.unwrap();
+    live.still_delivers().await;
+    let (ch, bob) = (&live.ch, &live.bob);
+    let mut fresh =
+        live.stack.client(1).await.subscribe(&bob.token, &[(ch, Some(Position::SinceSeq(0)))]).await.unwrap();
     fresh.recovery().await;
     assert_eq!(fresh.messages(10, T).await.len(), 10);
 }
 
 #[tokio::test]
 async fn redis_restarted_under_live_clients_and_service_recovers_by_itself() {
-    let mut stack = Stack::start().await;
-    let (alice, bob) = (stack.pocketbase.create_user("alice").await, stack.pocketbase.create_user("bob").await);
-    let ch = unique("redisdown");
-    let mut sub = stack.client(0).await.subscribe(&bob.token, &[(&ch, None)]).await.unwrap();
-    sub.recovery().await;
-    let mut c = stack.client(1).await;
-    let before = publish_all(&mut c, &alice.token, &ch, "before", 5).await;
-    let last = assert_receives(&mut sub, &before, 0).await;
-
+    let mut live = LiveChannel::start("redisdown").await;
+    let stack = &mut live.stack;
     stack.redis.stop().await;
-    let e = c.publish(&alice.token, &ch, "while down").await.unwrap_err();
+    let e = live.publisher.publish(&live.alice.token, &live.ch, "while down").await.unwrap_err();
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");
     eventually(T, "not ready without Redis", || async { !stack.relays[1].ready().await }).await;
     stack.redis.restart().await;
     eventually(T, "ready again", || async { stack.relays[1].ready().await }).await;
 
-    let after = publish_all(&mut c, &alice.token, &ch, "after", 5).await;
+    let after = live.still_delivers().await;
     assert_eq!(after[0].seq, 6, "seq continues (Redis keeps its data across a restart)");
-    assert_receives(&mut sub, &after, last).await;
 }
 
 #[tokio::test]

@@ -105,10 +105,14 @@ impl RelayTarget {
     async fn subscribe(&self, channel: &str, after: Option<u64>) -> anyhow::Result<Deliveries> {
         let i = self.next.fetch_add(1, Ordering::Relaxed);
         let mut client = RelayServiceClient::new(connect(&self.addrs[i % self.addrs.len()]).await?);
-        let cursor = after.map(|s| Cursor { position: Some(Position::SinceSeq(s)) });
+        let cursor = after.map(|s| Cursor { position: Some(Position::SinceSeq(s)), epoch: String::new() });
         let req = SubscribeRequest { channels: vec![ChannelSubscription { channelid: channel.into(), cursor }] };
         let mut stream = client.subscribe(self.request(req)).await?.into_inner();
-        // The recovery marker comes once the live subscription is in place.
+        // StreamStarted, then the recovery marker once the live subscription is in place.
+        match stream.message().await? {
+            Some(r) if matches!(r.event, Some(Event::Started(_))) => {}
+            other => anyhow::bail!("expected StreamStarted, got {other:?}"),
+        }
         match stream.message().await? {
             Some(r) if matches!(r.event, Some(Event::Recovery(_))) => {}
             other => anyhow::bail!("expected a recovery marker, got {other:?}"),

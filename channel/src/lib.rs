@@ -12,5 +12,5 @@ pub mod settings;
 pub mod wire;
 
 pub use id::{ChannelId, InvalidChannelId};
-pub use settings::{Access, AccessRule, ChannelSettings, Delivery, HistorySettings, Limits};
+pub use settings::{Access, AccessRule, ChannelSettings, Delivery, HistorySettings, Limits, QueueSettings};
 pub use wire::WireMessage;

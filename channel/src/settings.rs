@@ -13,6 +13,8 @@ pub struct ChannelSettings {
     pub history: HistorySettings,
     pub access: Access,
     pub limits: Limits,
+    /// Queue delivery: acks and redelivery.
+    pub queue: QueueSettings,
     /// The JetStream stream capturing this channel's subjects, when the operator made one: publishes
     /// then wait for its ack.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -33,6 +35,7 @@ impl Default for ChannelSettings {
             history: HistorySettings::default(),
             access: Access::default(),
             limits: Limits::default(),
+            queue: QueueSettings::default(),
             stream: None,
             queue_consumer: None,
             owner: None,
@@ -65,6 +68,22 @@ pub struct HistorySettings {
 impl Default for HistorySettings {
     fn default() -> Self {
         Self { max_messages: 1000, max_age_secs: 24 * 3600 }
+    }
+}
+
+/// Queue delivery through the channel's durable JetStream consumer: at least once, with client acks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct QueueSettings {
+    /// Seconds a subscriber may hold a message unacked before it is delivered again.
+    pub ack_wait_secs: u64,
+    /// Unacked messages one stream may hold; it pulls more only as it acks.
+    pub max_unacked_per_stream: u32,
+}
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        Self { ack_wait_secs: 30, max_unacked_per_stream: 16 }
     }
 }
 

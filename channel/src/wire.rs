@@ -17,6 +17,9 @@ pub struct WireMessage {
     /// Position in the channel, strictly increasing.
     pub seq: u64,
     pub id: String,
+    /// The channel's epoch (a new one whenever its history was lost); `seq` counts within it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub epoch: String,
 }
 
 impl WireMessage {
@@ -43,11 +46,16 @@ mod tests {
             ts: 1_700_000_000_000_000_001,
             seq: 7,
             id: "x".into(),
+            epoch: String::new(),
         };
         let json = String::from_utf8(m.to_json()).unwrap();
         assert_eq!(json, r#"{"channelid":"chat","userid":"u1","text":"hi","ts":1700000000000000001,"seq":7,"id":"x"}"#);
         assert_eq!(WireMessage::from_json(json.as_bytes()).unwrap(), m);
         let named = WireMessage { username: "Alice".into(), ..m };
         assert!(String::from_utf8(named.to_json()).unwrap().contains(r#""username":"Alice""#));
+        let with_epoch = WireMessage { epoch: "e1".into(), ..named };
+        let json = with_epoch.to_json();
+        assert!(String::from_utf8(json.clone()).unwrap().contains(r#""epoch":"e1""#));
+        assert_eq!(WireMessage::from_json(&json).unwrap(), with_epoch);
     }
 }

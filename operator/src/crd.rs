@@ -49,6 +49,9 @@ pub struct RelayChannelSpec {
     pub access: AccessSpec,
     #[serde(default)]
     pub limits: LimitsSpec,
+    /// Queue delivery: how long a subscriber may hold a message unacked, and how many at once.
+    #[serde(default)]
+    pub queue: QueueSpec,
     /// Delete removes the stream and the history with the resource; Retain keeps them.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
@@ -193,6 +196,34 @@ fn default_rate() -> u32 {
 impl Default for LimitsSpec {
     fn default() -> Self {
         Self { max_message_bytes: default_max_message_bytes(), publish_per_second_per_user: default_rate() }
+    }
+}
+
+/// Queue delivery is at least once: a message counts as delivered when a subscriber acks it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueSpec {
+    /// How long a subscriber may hold a message unacked before it is delivered again (to it or to
+    /// another subscriber), e.g. 30s.
+    #[serde(default = "default_ack_wait")]
+    #[schemars(regex(pattern = DURATION))]
+    pub ack_wait: String,
+    /// Unacked messages one stream may hold; it receives more as it acks.
+    #[serde(default = "default_max_unacked")]
+    #[schemars(range(min = 1, max = 10_000))]
+    pub max_unacked_per_stream: u32,
+}
+
+fn default_ack_wait() -> String {
+    "30s".into()
+}
+fn default_max_unacked() -> u32 {
+    16
+}
+
+impl Default for QueueSpec {
+    fn default() -> Self {
+        Self { ack_wait: default_ack_wait(), max_unacked_per_stream: default_max_unacked() }
     }
 }
 

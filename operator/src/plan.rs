@@ -10,8 +10,6 @@ use crate::crd::{self, RelayChannelSpec};
 
 /// The durable consumer that `queue` delivery reads from.
 pub const QUEUE_CONSUMER: &str = "relay-queue";
-/// How long a queue message may stay unacked before JetStream hands it to another subscriber.
-pub const QUEUE_ACK_WAIT: Duration = Duration::from_secs(30);
 
 /// A spec the operator cannot turn into backend state (the schema catches most of these first).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -53,12 +51,13 @@ pub fn desired(name: &str, spec: &RelayChannelSpec) -> Result<Desired, SpecError
         description: Some(format!("Relay channel {name} (managed by the relay operator)")),
         ..Default::default()
     };
+    let ack_wait = duration("queue.ackWait", &spec.queue.ack_wait)?.max(Duration::from_secs(1));
     let queue_consumer = (spec.delivery == crd::Delivery::Queue).then(|| consumer::pull::Config {
         durable_name: Some(QUEUE_CONSUMER.to_owned()),
         description: Some(format!("queue delivery of {name}")),
         filter_subject: subject.clone(),
         ack_policy: consumer::AckPolicy::Explicit,
-        ack_wait: QUEUE_ACK_WAIT,
+        ack_wait,
         max_ack_pending: 10_000,
         ..Default::default()
     });
@@ -84,6 +83,10 @@ pub fn desired(name: &str, spec: &RelayChannelSpec) -> Result<Desired, SpecError
         limits: relay_channel::Limits {
             max_message_bytes: spec.limits.max_message_bytes,
             publish_per_second_per_user: spec.limits.publish_per_second_per_user,
+        },
+        queue: relay_channel::QueueSettings {
+            ack_wait_secs: ack_wait.as_secs(),
+            max_unacked_per_stream: spec.queue.max_unacked_per_stream,
         },
         stream: Some(stream_name),
         queue_consumer: queue_consumer.as_ref().and(Some(QUEUE_CONSUMER.to_owned())),

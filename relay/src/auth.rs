@@ -76,17 +76,45 @@ impl Verifier {
 
     /// Verifies the `authorization` metadata of a call.
     pub async fn verify_metadata(&self, md: &tonic::metadata::MetadataMap) -> Result<User> {
-        let raw = md
-            .get("authorization")
-            .ok_or_else(|| {
-                Error::Unauthenticated("missing authorization metadata: send 'Bearer <PocketBase token>'".into())
-            })?
-            .to_str()
-            .map_err(|_| Error::Unauthenticated("authorization metadata is not ASCII".into()))?;
-        let token = raw.strip_prefix("Bearer ").or_else(|| raw.strip_prefix("bearer ")).unwrap_or(raw).trim();
-        self.verify(token).await
+        Ok(self.caller(md).await?.user)
     }
 
+    /// Verifies the `authorization` metadata of a call, keeping the token and its expiry (for
+    /// streams, which are checked again while they last).
+    pub async fn caller(&self, md: &tonic::metadata::MetadataMap) -> Result<Caller> {
+        let token = bearer(md)?;
+        let user = self.verify(token).await?;
+        let expires = token_expiry(token).map_or(0, unix_secs);
+        Ok(Caller { user, token: token.to_owned(), expires })
+    }
+}
+
+/// A verified caller and the token it came with.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub user: User,
+    pub token: String,
+    /// The token's `exp`, Unix seconds.
+    pub expires: i64,
+}
+
+fn unix_secs(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs().min(i64::MAX as u64) as i64)
+}
+
+/// The token of a call's `authorization` metadata (`Bearer <token>`).
+fn bearer(md: &tonic::metadata::MetadataMap) -> Result<&str> {
+    let raw = md
+        .get("authorization")
+        .ok_or_else(|| {
+            Error::Unauthenticated("missing authorization metadata: send 'Bearer <PocketBase token>'".into())
+        })?
+        .to_str()
+        .map_err(|_| Error::Unauthenticated("authorization metadata is not ASCII".into()))?;
+    Ok(raw.strip_prefix("Bearer ").or_else(|| raw.strip_prefix("bearer ")).unwrap_or(raw).trim())
+}
+
+impl Verifier {
     /// Verifies one token, from cache when it can.
     pub async fn verify(&self, token: &str) -> Result<User> {
         let exp =

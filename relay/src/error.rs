@@ -29,6 +29,20 @@ impl Error {
     }
 }
 
+impl Error {
+    /// The error a status stands for (for calls answered by another replica).
+    pub fn from_status(code: Code, message: String) -> Self {
+        match code {
+            Code::Unauthenticated => Error::Unauthenticated(message),
+            Code::PermissionDenied => Error::PermissionDenied(message),
+            Code::InvalidArgument => Error::InvalidArgument(message),
+            Code::NotFound => Error::NotFound(message),
+            Code::ResourceExhausted => Error::ResourceExhausted(message),
+            _ => Error::unavailable("relay", message),
+        }
+    }
+}
+
 impl From<redis::RedisError> for Error {
     fn from(e: redis::RedisError) -> Self {
         Error::unavailable("redis", e)

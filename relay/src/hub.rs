@@ -6,29 +6,40 @@
 //! from history. Waiting first matters: with many concurrent publishers reordering is the rule, and
 //! a Redis read per reordered message capped a channel's delivery at about 3-4 thousand messages
 //! per second (measured with `loadgen --scenario throughput`). After a NATS reconnect each topic
-//! reads whatever was published meanwhile.
+//! confirms that the server has its subscription again, then reads whatever was published meanwhile.
+//! What cannot be recovered reaches the streams as a [`Marker`](crate::order::Marker).
+//!
+//! No lock is held across I/O: the map of topics is a plain mutex held for lookups only; creating a
+//! channel's topic (subscribe, confirm, read its position) holds only that channel's slot.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use futures::StreamExt;
 use relay_channel::{WireMessage, names};
-use tokio::sync::{Mutex, broadcast};
+use tokio::sync::broadcast;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
-use crate::error::{Error, Result};
-use crate::order::{REORDER_WAIT, Reorder};
-use crate::store::{After, Store};
+use crate::bus::Bus;
+use crate::error::Result;
+use crate::order::{self, Out, REORDER_WAIT, Reorder};
+use crate::store::{After, Read, Store};
+
+/// What a topic broadcasts: messages in order and markers.
+pub type Item = Arc<Out>;
 
 /// One channel's shared subscription; dropped (and unsubscribed) with its last watcher.
 pub struct Topic {
-    tx: broadcast::Sender<Arc<WireMessage>>,
+    tx: broadcast::Sender<Item>,
     task: AbortHandle,
+    /// Where the hub picked the channel up: streams start after their own history read.
+    pub start: (String, u64),
 }
 
 impl Topic {
-    pub fn watch(&self) -> broadcast::Receiver<Arc<WireMessage>> {
+    pub fn watch(&self) -> broadcast::Receiver<Item> {
         self.tx.subscribe()
     }
 }
@@ -44,118 +55,161 @@ impl Drop for Topic {
 /// lag only when starved of CPU; the buffer is allocated up front for every topic, so it stays
 /// modest (at 4096, a thousand channels cost 200 MB: measured with `loadgen --scenario channels`).
 const TOPIC_BUFFER: usize = 1024;
+/// Pages read after a NATS reconnect, at most: what the outage produced beyond that is marked.
+const CATCH_UP_PAGES: usize = 64;
+
+type Slots = Mutex<HashMap<String, Arc<tokio::sync::Mutex<Weak<Topic>>>>>;
 
 pub struct Hub {
-    nats: async_nats::Client,
+    bus: Bus,
     store: Store,
     reconnected: broadcast::Sender<()>,
-    topics: Mutex<HashMap<String, Weak<Topic>>>,
+    slots: Arc<Slots>,
 }
 
 impl Hub {
-    pub fn new(nats: async_nats::Client, store: Store, reconnected: broadcast::Sender<()>) -> Self {
-        Self { nats, store, reconnected, topics: Mutex::new(HashMap::new()) }
+    pub fn new(bus: Bus, store: Store, reconnected: broadcast::Sender<()>) -> Self {
+        Self { bus, store, reconnected, slots: Arc::default() }
     }
 
     /// The channel's topic, subscribing on NATS first if this replica has none. When this returns,
     /// the NATS server has the subscription: anything published from now on reaches the topic.
     pub async fn topic(&self, channel: &str) -> Result<Arc<Topic>> {
-        let mut topics = self.topics.lock().await;
-        if let Some(t) = topics.get(channel).and_then(Weak::upgrade) {
+        let slot = {
+            let mut slots = self.slots.lock().expect("hub lock");
+            if slots.len() > 1024 && slots.len().is_power_of_two() {
+                slots.retain(|_, s| s.try_lock().map_or(true, |t| t.strong_count() > 0));
+            }
+            slots.entry(channel.to_owned()).or_default().clone()
+        };
+        // Only this channel's joiners wait here, for one subscription.
+        let mut current = slot.lock().await;
+        if let Some(t) = current.upgrade() {
             return Ok(t);
         }
-        topics.retain(|_, t| t.strong_count() > 0);
-        let sub =
-            self.nats.subscribe(names::subject(channel)).await.map_err(|e| Error::unavailable("nats subscribe", e))?;
-        confirm_subscriptions(&self.nats).await?;
+        let sub = self.bus.subscribe(names::subject(channel), None).await?;
+        // The position after subscribing: everything after it reaches the subscription.
+        let page = self.store.read(channel, Read::Latest, 0, Duration::ZERO).await?;
+        let start = (page.epoch.clone(), page.last_seq);
         let (tx, _) = broadcast::channel(TOPIC_BUFFER);
-        let task =
-            tokio::spawn(pump(channel.to_owned(), sub, tx.clone(), self.store.clone(), self.reconnected.subscribe()));
-        let topic = Arc::new(Topic { tx, task: task.abort_handle() });
-        topics.insert(channel.to_owned(), Arc::downgrade(&topic));
-        crate::metrics::topics().set(topics.len() as i64);
+        let pump = Pump {
+            channel: channel.to_owned(),
+            store: self.store.clone(),
+            bus: self.bus.clone(),
+            tx: tx.clone(),
+            order: Reorder::starting_at(&page.epoch, page.last_seq),
+        };
+        let task = tokio::spawn(pump.run(sub, self.reconnected.subscribe()));
+        let topic = Arc::new(Topic { tx, task: task.abort_handle(), start });
+        *current = Arc::downgrade(&topic);
+        crate::metrics::topics().set(self.slots.lock().expect("hub lock").len() as i64);
         Ok(topic)
     }
 }
 
-/// How long a subscription may take to reach the NATS server before the call fails UNAVAILABLE
-/// (while NATS is unreachable the client would otherwise wait for it indefinitely).
-const SUBSCRIBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Waits until the NATS server has every subscription made so far (a PING/PONG round trip).
-pub async fn confirm_subscriptions(nats: &async_nats::Client) -> Result<()> {
-    match tokio::time::timeout(SUBSCRIBE_TIMEOUT, nats.flush()).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(Error::unavailable("nats flush", e)),
-        Err(_) => Err(Error::unavailable("nats", format!("no answer within {SUBSCRIBE_TIMEOUT:?}"))),
-    }
+/// Moves one channel's messages from NATS to its watchers, in order.
+struct Pump {
+    channel: String,
+    store: Store,
+    bus: Bus,
+    tx: broadcast::Sender<Item>,
+    order: Reorder,
 }
 
-/// Moves one channel's messages from NATS to its watchers, in order.
-async fn pump(
-    channel: String,
-    mut sub: async_nats::Subscriber,
-    tx: broadcast::Sender<Arc<WireMessage>>,
-    store: Store,
-    mut reconnected: broadcast::Receiver<()>,
-) {
-    let mut order = Reorder::default();
-    // When the oldest wait for a gap runs out.
-    let mut deadline: Option<Instant> = None;
-    loop {
-        let expired = async {
-            match deadline {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
-        let batch = tokio::select! {
-            msg = sub.next() => {
-                let Some(msg) = msg else { break };
-                let Ok(m) = WireMessage::from_json(&msg.payload) else {
-                    tracing::warn!(%channel, "dropping a NATS message that is not a relay message");
-                    continue;
-                };
-                let mut batch = order.push(m);
-                if order.overfull() {
-                    batch.extend(repair(&channel, &store, &mut order).await);
+impl Pump {
+    async fn run(mut self, mut sub: async_nats::Subscriber, mut reconnected: broadcast::Receiver<()>) {
+        // When the oldest wait for a gap runs out.
+        let mut deadline: Option<Instant> = None;
+        loop {
+            let expired = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
                 }
-                batch
-            }
-            _ = expired => repair(&channel, &store, &mut order).await,
-            _ = reconnected.recv() => {
-                let Some(last) = order.seq.last else { continue };
-                match store.after(&channel, After::Seq(last), 10_000, None).await {
-                    Ok(page) => order.fill(page.messages),
-                    Err(e) => {
-                        tracing::warn!(%channel, error = %e, "catching up after a NATS reconnect");
+            };
+            let batch = tokio::select! {
+                msg = sub.next() => {
+                    let Some(msg) = msg else { break };
+                    let Ok(m) = WireMessage::from_json(&msg.payload) else {
+                        crate::metrics::dropped("not_a_relay_message");
+                        tracing::warn!(channel = %self.channel, "dropping a NATS message that is not a relay message");
+                        continue;
+                    };
+                    if m.channelid != self.channel {
+                        crate::metrics::dropped("wrong_channel");
                         continue;
                     }
+                    let mut batch = self.order.push(m);
+                    if self.order.overfull() {
+                        batch.extend(self.repair().await);
+                    }
+                    batch
                 }
+                _ = expired => self.repair().await,
+                r = reconnected.recv() => match r {
+                    Err(broadcast::error::RecvError::Closed) => break,
+                    _ => self.catch_up().await,
+                },
+            };
+            // A gap that persists keeps its deadline; a new gap gets a fresh one.
+            deadline = match self.order.gap() {
+                None => None,
+                Some(_) if batch.is_empty() => deadline.or_else(|| Some(Instant::now() + REORDER_WAIT)),
+                Some(_) => Some(Instant::now() + REORDER_WAIT),
+            };
+            for out in batch {
+                if let Out::Marker(m) = &out {
+                    crate::metrics::marker(m.reason);
+                    tracing::warn!(channel = %self.channel, epoch = %m.epoch, reason = m.reason, "marking a gap");
+                }
+                // No watcher is fine: the topic is about to be dropped.
+                let _ = self.tx.send(Arc::new(out));
             }
-        };
-        // A gap that persists keeps its deadline; a new gap gets a fresh one.
-        deadline = match order.gap() {
-            None => None,
-            Some(_) if batch.is_empty() => deadline.or_else(|| Some(Instant::now() + REORDER_WAIT)),
-            Some(_) => Some(Instant::now() + REORDER_WAIT),
-        };
-        for m in batch {
-            // No watcher is fine: the topic is about to be dropped.
-            let _ = tx.send(Arc::new(m));
         }
     }
-}
 
-/// Reads the gap before the waiting messages from history.
-async fn repair(channel: &str, store: &Store, order: &mut Reorder) -> Vec<WireMessage> {
-    let Some((after, before)) = order.gap() else { return Vec::new() };
-    match store.between(channel, after, before).await {
-        Ok(found) => order.fill(found),
-        Err(e) => {
-            // Deliver what waits; watchers see the gap themselves and repair it or end their stream.
-            tracing::warn!(%channel, error = %e, "could not repair a gap from history");
-            order.fill(Vec::new())
+    /// Reads the gap before the waiting messages from history.
+    async fn repair(&mut self) -> Vec<Out> {
+        let Some((after, before)) = self.order.gap() else { return Vec::new() };
+        match self.store.between(&self.channel, after, before).await {
+            Ok(page) => self.order.fill(&page.epoch, page.messages),
+            Err(e) => {
+                tracing::warn!(channel = %self.channel, error = %e, "could not repair a gap from history");
+                self.order.skip_gap(order::reason::UNREADABLE)
+            }
         }
+    }
+
+    /// After a NATS reconnect: once the server has the subscription again, reads what was
+    /// published while it did not.
+    async fn catch_up(&mut self) -> Vec<Out> {
+        let mut out = Vec::new();
+        // The client re-sends its subscriptions before anything queued after the reconnect.
+        if let Err(e) = self.bus.confirm().await {
+            tracing::warn!(channel = %self.channel, error = %e, "catching up after a NATS reconnect");
+        }
+        for _ in 0..CATCH_UP_PAGES {
+            let (_, last) = self.order.position();
+            let after = last.unwrap_or(0);
+            match self
+                .store
+                .read(&self.channel, Read::After(After::Seq(after)), crate::store::MAX_REPAIR, Duration::ZERO)
+                .await
+            {
+                Ok(page) => {
+                    let more = page.more;
+                    out.extend(self.order.fill(&page.epoch, page.messages));
+                    if !more {
+                        return out;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(channel = %self.channel, error = %e, "catching up after a NATS reconnect");
+                    break;
+                }
+            }
+        }
+        out.extend(self.order.give_up(order::reason::UNREADABLE));
+        out
     }
 }

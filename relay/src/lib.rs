@@ -4,9 +4,14 @@
 //! - [`config`]: flags and their environment twins;
 //! - [`auth`]: PocketBase token verification with a shared, single-flight cache;
 //! - [`settings`]: per-channel settings from Redis, cached, invalidated by the operator;
-//! - [`store`]: Redis history, `seq`/`ts` assignment, idempotency;
+//! - [`store`]: Redis history, `seq`/`ts`/epoch assignment, idempotency;
+//! - [`bus`]: NATS with deadlines and server-confirmed publishes;
 //! - [`hub`]: one NATS subscription per broadcast channel per replica, fanned out in seq order;
-//! - [`order`]: the reorder buffer that puts live messages in seq order;
+//! - [`order`]: ordering live messages, and markers where that is not possible;
+//! - [`queue`]: at-least-once queue delivery with client acks (JetStream pull consumers);
+//! - [`streams`]: the open Subscribe streams (ids, owners, caps) and [`route`]: calls about a
+//!   stream held by another replica;
+//! - [`republish`]: publishing again what was stored but did not reach NATS;
 //! - [`rate`]: publish rate limits;
 //! - [`rpc`]: the gRPC service, one module per RPC;
 //! - [`server`]: the listeners (gRPC + gRPC-web, admin) and graceful shutdown;
@@ -14,16 +19,21 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod bus;
 pub mod config;
 pub mod error;
 pub mod hub;
 pub mod metrics;
 pub mod order;
+pub mod queue;
 pub mod rate;
+pub mod republish;
+pub mod route;
 pub mod rpc;
 pub mod server;
 pub mod settings;
 pub mod store;
+pub mod streams;
 
 /// Generated from `proto/relay/v1/relay.proto`.
 pub mod proto {
@@ -40,11 +50,14 @@ pub struct Relay {
     pub verifier: auth::Verifier,
     pub store: store::Store,
     pub settings: settings::SettingsCache,
-    pub nats: async_nats::Client,
+    pub bus: bus::Bus,
     pub jetstream: async_nats::jetstream::Context,
+    /// Fires after every NATS reconnect: live paths read what they may have missed.
+    pub reconnected: tokio::sync::broadcast::Sender<()>,
     pub hub: hub::Hub,
     pub rate: rate::RateLimiter,
-    pub stream_slots: rpc::subscribe::StreamSlots,
+    pub streams: streams::Streams,
+    pub republish: republish::Republisher,
     /// Cancelled on SIGTERM: streams end with UNAVAILABLE so clients go to another replica.
     pub shutdown: CancellationToken,
 }

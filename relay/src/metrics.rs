@@ -16,6 +16,9 @@ struct Metrics {
     publish_seconds: Histogram,
     auth_call_seconds: Histogram,
     deliveries: Counter,
+    dropped: Family<Vec<(String, String)>, Counter>,
+    markers: Family<Vec<(String, String)>, Counter>,
+    redeliveries: Counter,
     streams: Gauge,
     topics: Gauge,
 }
@@ -36,11 +39,32 @@ fn metrics() -> &'static Metrics {
         );
         let deliveries = Counter::default();
         registry.register("deliveries", "Messages written to Subscribe streams", deliveries.clone());
+        let dropped = Family::default();
+        registry.register("dropped_messages", "Messages not delivered, by reason", dropped.clone());
+        let markers = Family::default();
+        registry.register("recovery_markers", "recovered=false markers sent mid-stream, by reason", markers.clone());
+        let redeliveries = Counter::default();
+        registry.register(
+            "queue_redeliveries",
+            "Queue messages delivered again (not acked in time)",
+            redeliveries.clone(),
+        );
         let streams = Gauge::default();
         registry.register("streams", "Open Subscribe streams", streams.clone());
         let topics = Gauge::default();
         registry.register("topics", "Channels with a broadcast subscription on this replica", topics.clone());
-        Metrics { registry, rpcs, publish_seconds, auth_call_seconds, deliveries, streams, topics }
+        Metrics {
+            registry,
+            rpcs,
+            publish_seconds,
+            auth_call_seconds,
+            deliveries,
+            dropped,
+            markers,
+            redeliveries,
+            streams,
+            topics,
+        }
     })
 }
 
@@ -59,6 +83,20 @@ pub fn observe_auth_call(d: Duration) {
 
 pub fn delivered(n: u64) {
     metrics().deliveries.inc_by(n);
+}
+
+/// Counts a message that was not delivered, by reason.
+pub fn dropped(reason: &str) {
+    metrics().dropped.get_or_create(&vec![("reason".into(), reason.into())]).inc();
+}
+
+/// Counts a marker (messages may be missing), by reason.
+pub fn marker(reason: &str) {
+    metrics().markers.get_or_create(&vec![("reason".into(), reason.into())]).inc();
+}
+
+pub fn redelivered() {
+    metrics().redeliveries.inc();
 }
 
 pub fn streams() -> &'static Gauge {

@@ -16,7 +16,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::config::Config;
 use crate::proto::relay_service_server::RelayServiceServer;
-use crate::{Relay, auth, hub, metrics, rate, rpc, settings, store};
+use crate::{Relay, auth, bus, hub, metrics, rate, republish, route, rpc, settings, store, streams};
 
 /// Bound listeners, so callers (and tests) learn the real ports before serving.
 pub struct Listeners {
@@ -49,14 +49,17 @@ pub async fn connect(config: Config) -> anyhow::Result<Arc<Relay>> {
     let store = store::Store::new(&config.redis_url)?;
     let (reconnected, _) = broadcast::channel(16);
     let events = reconnected.clone();
+    let generation = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = generation.clone();
     let nats = async_nats::ConnectOptions::new()
         .name("relay")
         .retry_on_initial_connect()
         .max_reconnects(None)
         .event_callback(move |event| {
-            let events = events.clone();
+            let (events, counter) = (events.clone(), counter.clone());
             async move {
                 tracing::info!(%event, "nats");
+                bus::Bus::on_event(&counter, &event);
                 if matches!(event, async_nats::Event::Connected) {
                     let _ = events.send(());
                 }
@@ -71,16 +74,19 @@ pub async fn connect(config: Config) -> anyhow::Result<Arc<Relay>> {
         config.auth_cache_ttl,
         config.pocketbase_timeout,
     )?;
+    let bus = bus::Bus::new(nats.clone(), generation);
     Ok(Arc::new(Relay {
         settings: settings::SettingsCache::new(store.clone(), config.settings_ttl, config.undeclared_channels),
-        hub: hub::Hub::new(nats.clone(), store.clone(), reconnected),
-        jetstream: async_nats::jetstream::new(nats.clone()),
+        hub: hub::Hub::new(bus.clone(), store.clone(), reconnected.clone()),
+        jetstream: async_nats::jetstream::new(nats),
         rate: rate::RateLimiter::default(),
-        stream_slots: rpc::subscribe::StreamSlots::new(config.max_streams_per_user),
+        streams: streams::Streams::new(config.max_streams_per_user),
+        republish: republish::Republisher::default(),
         shutdown: CancellationToken::new(),
+        reconnected,
         verifier,
         store,
-        nats,
+        bus,
         config,
     }))
 }
@@ -89,6 +95,9 @@ pub async fn connect(config: Config) -> anyhow::Result<Arc<Relay>> {
 /// with UNAVAILABLE, in-flight calls get `shutdown_grace` to finish.
 pub async fn serve(relay: Arc<Relay>, listeners: Listeners, signal: impl Future<Output = ()>) -> anyhow::Result<()> {
     tokio::spawn(follow_settings_changes(relay.clone()));
+    tokio::spawn(route::serve(relay.clone()));
+    let republisher = relay.clone();
+    tokio::spawn(async move { republisher.republish.run(republisher.bus.clone()).await });
     let admin = tokio::spawn(serve_admin(relay.clone(), listeners.admin));
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -130,12 +139,17 @@ pub async fn serve(relay: Arc<Relay>, listeners: Listeners, signal: impl Future<
     health.set_not_serving::<RelayServiceServer<rpc::Service>>().await;
     relay.shutdown.cancel();
     stopping.cancel();
-    match tokio::time::timeout(relay.config.shutdown_grace, grpc).await {
+    // Whatever the backends do, the process leaves within the grace period.
+    let grace = relay.config.shutdown_grace;
+    let deadline = tokio::time::Instant::now() + grace;
+    match tokio::time::timeout_at(deadline, grpc).await {
         Ok(joined) => joined??,
-        Err(_) => tracing::warn!(grace = ?relay.config.shutdown_grace, "calls still running after the grace period"),
+        Err(_) => tracing::warn!(?grace, "calls still running after the grace period"),
     }
     admin.abort();
-    relay.nats.flush().await.ok();
+    if tokio::time::timeout_at(deadline, relay.bus.client.flush()).await.is_err() {
+        tracing::warn!("NATS did not take what was queued for it before the grace period ended");
+    }
     Ok(())
 }
 
@@ -164,7 +178,7 @@ fn cors(origins: &[String]) -> CorsLayer {
 /// Drops cached channel settings when the operator announces a change.
 async fn follow_settings_changes(relay: Arc<Relay>) {
     use futures::StreamExt;
-    let mut sub = match relay.nats.subscribe(relay_channel::names::SETTINGS_CHANGED_SUBJECT).await {
+    let mut sub = match relay.bus.client.subscribe(relay_channel::names::SETTINGS_CHANGED_SUBJECT).await {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "cannot follow settings changes; relying on the cache TTL");
@@ -192,7 +206,7 @@ async fn ready(State(relay): State<Arc<Relay>>) -> (StatusCode, String) {
     if relay.shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down".into());
     }
-    if relay.nats.connection_state() != async_nats::connection::State::Connected {
+    if !relay.bus.connected() {
         return (StatusCode::SERVICE_UNAVAILABLE, "nats: not connected".into());
     }
     match tokio::time::timeout(Duration::from_secs(1), relay.store.ping()).await {

@@ -17,6 +17,8 @@ pub struct Governed {
     /// The name of the `RelayChannel` that declares the channel (or the channel itself when
     /// undeclared channels are allowed).
     pub declared_by: String,
+    /// False for an undeclared channel served with defaults (`--undeclared-channels allow`).
+    pub declared: bool,
     pub settings: ChannelSettings,
 }
 
@@ -63,12 +65,12 @@ impl SettingsCache {
                 let settings = ChannelSettings::from_json(&raw).map_err(|e| {
                     Error::unavailable("channel settings", format!("{} holds bad JSON: {e}", names::settings_key(name)))
                 })?;
-                return Ok(Governed { declared_by: (*name).to_owned(), settings });
+                return Ok(Governed { declared_by: (*name).to_owned(), declared: true, settings });
             }
         }
         match self.undeclared {
             Undeclared::Allow => {
-                Ok(Governed { declared_by: channel.to_string(), settings: ChannelSettings::default() })
+                Ok(Governed { declared_by: channel.to_string(), declared: false, settings: ChannelSettings::default() })
             }
             Undeclared::Deny => Err(Error::NotFound(format!(
                 "channel {channel:?} is not declared: create a RelayChannel for it (or one of its parents)"

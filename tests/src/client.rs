@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use relay::proto::relay_service_client::RelayServiceClient;
 use relay::proto::{
-    ChannelSubscription, Cursor, HistoryRequest, HistoryResponse, Message, PublishRequest, Recovery, SubscribeRequest,
-    SubscribeResponse, cursor::Position, subscribe_response,
+    AckRequest, ChannelSubscription, Cursor, HistoryRequest, HistoryResponse, Message, PublishRequest, Recovery,
+    RefreshTokenRequest, SubscribeRequest, SubscribeResponse, cursor::Position, subscribe_response,
 };
 use tonic::transport::Channel;
 use tonic::{Request, Status, Streaming};
@@ -52,23 +52,74 @@ impl Client {
         cursor: Option<Position>,
         limit: u32,
     ) -> Result<HistoryResponse, Status> {
-        let req =
-            HistoryRequest { channelid: channel.into(), cursor: cursor.map(|p| Cursor { position: Some(p) }), limit };
+        self.history_at(token, channel, cursor.map(|p| at(p, "")), limit).await
+    }
+
+    /// History after a cursor that may carry an epoch.
+    pub async fn history_at(
+        &mut self,
+        token: &str,
+        channel: &str,
+        cursor: Option<Cursor>,
+        limit: u32,
+    ) -> Result<HistoryResponse, Status> {
+        let req = HistoryRequest { channelid: channel.into(), cursor, limit };
         Ok(self.inner.history(authed(token, req)).await?.into_inner())
+    }
+
+    /// Acks queue messages of a stream; returns how many were waiting.
+    pub async fn ack(
+        &mut self,
+        token: &str,
+        stream_id: &str,
+        channel: &str,
+        epoch: &str,
+        seqs: &[u64],
+    ) -> Result<u32, Status> {
+        let req = AckRequest {
+            stream_id: stream_id.into(),
+            channelid: channel.into(),
+            seqs: seqs.to_vec(),
+            epoch: epoch.into(),
+        };
+        Ok(self.inner.ack(authed(token, req)).await?.into_inner().acked)
+    }
+
+    /// Gives an open stream a fresh token; returns its expiry.
+    pub async fn refresh_token(&mut self, token: &str, stream_id: &str) -> Result<i64, Status> {
+        let req = RefreshTokenRequest { stream_id: stream_id.into() };
+        Ok(self.inner.refresh_token(authed(token, req)).await?.into_inner().token_expires)
     }
 
     /// Subscribes to channels, each with an optional cursor.
     pub async fn subscribe(&mut self, token: &str, channels: &[(&str, Option<Position>)]) -> Result<Sub, Status> {
+        let channels: Vec<_> = channels.iter().map(|(c, p)| (*c, p.map(|p| at(p, "")))).collect();
+        self.subscribe_at(token, &channels).await
+    }
+
+    /// Subscribes with cursors that may carry epochs. Returns once the stream has started (its
+    /// first event, which gives its id, is read here).
+    pub async fn subscribe_at(&mut self, token: &str, channels: &[(&str, Option<Cursor>)]) -> Result<Sub, Status> {
         let channels = channels
             .iter()
-            .map(|(c, p)| ChannelSubscription {
-                channelid: (*c).into(),
-                cursor: p.map(|p| Cursor { position: Some(p) }),
-            })
+            .map(|(c, cursor)| ChannelSubscription { channelid: (*c).into(), cursor: cursor.clone() })
             .collect();
-        let stream = self.inner.subscribe(authed(token, SubscribeRequest { channels })).await?.into_inner();
-        Ok(Sub { stream })
+        let mut stream = self.inner.subscribe(authed(token, SubscribeRequest { channels })).await?.into_inner();
+        let first = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no StreamStarted within 10s"))??;
+        match first.and_then(|r| r.event) {
+            Some(subscribe_response::Event::Started(s)) => {
+                Ok(Sub { stream, id: s.stream_id, token_expires: s.token_expires })
+            }
+            other => panic!("the first event of a stream must be StreamStarted, got {other:?}"),
+        }
     }
+}
+
+/// A cursor at `position` in `epoch` (empty: any).
+pub fn at(position: Position, epoch: &str) -> Cursor {
+    Cursor { position: Some(position), epoch: epoch.to_owned() }
 }
 
 /// One event of a Subscribe stream.
@@ -82,6 +133,18 @@ pub enum Event {
 /// An open Subscribe stream.
 pub struct Sub {
     stream: Streaming<SubscribeResponse>,
+    /// From StreamStarted: what Ack and RefreshToken name.
+    pub id: String,
+    pub token_expires: i64,
+}
+
+fn convert(event: subscribe_response::Event) -> Event {
+    match event {
+        subscribe_response::Event::Message(m) => Event::Message(m),
+        subscribe_response::Event::Recovery(r) => Event::Recovery(r),
+        subscribe_response::Event::Heartbeat(_) => Event::Heartbeat,
+        subscribe_response::Event::Started(s) => panic!("StreamStarted in the middle of a stream: {s:?}"),
+    }
 }
 
 impl Sub {
@@ -92,11 +155,7 @@ impl Sub {
             .await
             .unwrap_or_else(|_| panic!("no event within {within:?}"))?;
         let event = item.expect("stream ended without a status").event.expect("event");
-        Ok(match event {
-            subscribe_response::Event::Message(m) => Event::Message(m),
-            subscribe_response::Event::Recovery(r) => Event::Recovery(r),
-            subscribe_response::Event::Heartbeat(_) => Event::Heartbeat,
-        })
+        Ok(convert(event))
     }
 
     /// The next event if one comes within `within`.
@@ -105,11 +164,7 @@ impl Sub {
             Err(_) => None,
             Ok(Err(s)) => Some(Err(s)),
             Ok(Ok(None)) => None,
-            Ok(Ok(Some(r))) => Some(Ok(match r.event.expect("event") {
-                subscribe_response::Event::Message(m) => Event::Message(m),
-                subscribe_response::Event::Recovery(r) => Event::Recovery(r),
-                subscribe_response::Event::Heartbeat(_) => Event::Heartbeat,
-            })),
+            Ok(Ok(Some(r))) => Some(Ok(convert(r.event.expect("event")))),
         }
     }
 

@@ -9,7 +9,7 @@ mod client;
 pub mod kube_api;
 mod servers;
 
-pub use client::{Client, Event, Sub};
+pub use client::{Client, Event, Sub, at};
 pub use relay::proto::cursor::Position;
 pub use servers::{Nats, OperatorProc, PocketBase, Redis, RelayProc, Server, Stack, StackOptions, TestUser};
 

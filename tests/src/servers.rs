@@ -406,6 +406,16 @@ impl Stack {
         nats.flush().await.unwrap();
     }
 
+    /// Declares a channel the way the operator does, with the operator's own code: a JetStream
+    /// stream (and a queue consumer for `delivery: queue`) and the settings relays read. `spec` is a
+    /// RelayChannel spec as JSON.
+    pub async fn declare_spec(&self, name: &str, spec: serde_json::Value) -> operator::backends::Outcome {
+        let spec: operator::crd::RelayChannelSpec = serde_json::from_value(spec).expect("a RelayChannel spec");
+        let desired = operator::plan::desired(name, &spec).expect("a valid spec");
+        let backends = operator::backends::Backends::connect(&self.nats.url(), &self.redis.url()).await.unwrap();
+        backends.apply(name, &format!("test/{name}"), &desired).await.expect("operator apply")
+    }
+
     /// The folder holding every server's data and logs.
     pub fn dir(&self) -> &Path {
         self.dir.path()

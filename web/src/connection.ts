@@ -1,6 +1,9 @@
 // One Subscribe stream for all joined channels, kept open: reconnects with exponential backoff and
-// jitter, rotating through the configured relays, and resumes each channel from the last seq it
-// showed, so a reconnect neither loses nor doubles a message.
+// jitter, rotating through the configured relays, and resumes each channel from the last (epoch, seq)
+// it showed, so a reconnect neither loses nor doubles a message. When the relay says a channel's
+// history was lost (recovered=false with a new epoch) the page says so and counts from the new
+// epoch. Queue messages are acked once shown. The stream's token is refreshed before it expires
+// (RefreshToken), so a page left open for days keeps its stream.
 
 import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
 import { createGrpcWebTransport } from "@connectrpc/connect-web";
@@ -15,14 +18,25 @@ export type State =
 export interface Handlers {
   message(m: Message): void;
   state(s: State): void;
-  /** recovered=false: history no longer reaches back to where this page left off. */
-  recovery(channel: string, recovered: boolean): void;
+  /** recovered=false: messages may be missing here (history no longer reaches back, or was lost). */
+  recovery(channel: string, recovered: boolean, reason: string): void;
 }
+
+/** Where a channel stands on this page: the highest seq shown and the recent ones (perUser and
+ * queue channels deliver a share, which may arrive slightly out of order). */
+interface Position {
+  epoch: string;
+  seq: bigint;
+  recent: Set<bigint>;
+}
+const RECENT = 1024;
 
 /** Errors that retrying cannot fix. */
 const FINAL = new Set([Code.Unauthenticated, Code.PermissionDenied, Code.InvalidArgument, Code.NotFound]);
 /** No event (heartbeats included) for this long means the connection is dead. */
 const SILENCE_MS = 45_000;
+/** Refresh the stream's token this long before it expires. */
+const REFRESH_BEFORE_MS = 5 * 60_000;
 
 export function backoff(attempt: number, random = Math.random): number {
   const base = Math.min(30_000, 500 * 2 ** attempt);
@@ -31,7 +45,7 @@ export function backoff(attempt: number, random = Math.random): number {
 
 export class Connection {
   private readonly clients: Client<typeof RelayService>[];
-  private readonly last = new Map<string, bigint>();
+  private readonly last = new Map<string, Position>();
   private channels: string[] = [];
   private relay = 0;
   private abort?: AbortController;
@@ -42,6 +56,8 @@ export class Connection {
     private readonly relays: string[],
     private readonly token: () => string,
     private readonly on: Handlers,
+    /** Gets a fresh token (the PocketBase SDK's authRefresh); called before the stream's expires. */
+    private readonly refreshToken: () => Promise<string> = async () => token(),
   ) {
     this.clients = relays.map((baseUrl) => createClient(RelayService, createGrpcWebTransport({ baseUrl })));
   }
@@ -116,26 +132,45 @@ export class Connection {
   }
 
   private async stream(client: Client<typeof RelayService>, abort: AbortController, live: () => void): Promise<void> {
-    const channels = this.channels.map((channelid) => ({
-      channelid,
-      cursor: { position: { case: "sinceSeq" as const, value: this.last.get(channelid) ?? 0n } },
-    }));
+    const channels = this.channels.map((channelid) => {
+      const at = this.last.get(channelid) ?? { epoch: "", seq: 0n, recent: new Set<bigint>() };
+      return { channelid, cursor: { position: { case: "sinceSeq" as const, value: at.seq }, epoch: at.epoch } };
+    });
+    let streamId = "";
+    let refresh: ReturnType<typeof setTimeout> | undefined;
     let watchdog = setTimeout(() => abort.abort(new SilenceError()), SILENCE_MS);
     try {
       for await (const res of client.subscribe({ channels }, { signal: abort.signal, headers: this.headers() })) {
         clearTimeout(watchdog);
         watchdog = setTimeout(() => abort.abort(new SilenceError()), SILENCE_MS);
         switch (res.event.case) {
-          case "recovery":
-            live();
-            this.on.recovery(res.event.value.channelid, res.event.value.recovered);
+          case "started":
+            streamId = res.event.value.streamId;
+            refresh = this.scheduleRefresh(client, streamId, res.event.value.tokenExpires);
             break;
+          case "recovery": {
+            const r = res.event.value;
+            live();
+            const at = this.last.get(r.channelid);
+            // A new epoch: the channel's history started again, and so do its seqs.
+            if (r.epoch && at && at.epoch !== r.epoch) this.last.set(r.channelid, { epoch: r.epoch, seq: 0n, recent: new Set() });
+            this.on.recovery(r.channelid, r.recovered, r.reason);
+            break;
+          }
           case "message": {
             const m = res.event.value;
-            if (m.seq > (this.last.get(m.channelid) ?? 0n)) {
-              this.last.set(m.channelid, m.seq);
+            const at = this.last.get(m.channelid) ?? { epoch: m.epoch, seq: 0n, recent: new Set<bigint>() };
+            if (m.epoch !== at.epoch && at.seq === 0n) at.epoch = m.epoch;
+            const fresh = m.seq > at.seq || (m.seq + BigInt(RECENT) > at.seq && !at.recent.has(m.seq));
+            if (m.epoch === at.epoch && fresh) {
+              at.recent.add(m.seq);
+              if (at.recent.size > RECENT) at.recent.delete(at.recent.values().next().value!);
+              if (m.seq > at.seq) at.seq = m.seq;
+              this.last.set(m.channelid, at);
               this.on.message(m);
             }
+            // Shown (or shown before): the queue may hand out the next one.
+            if (m.needsAck) void this.ack(client, streamId, m);
             break;
           }
           case "heartbeat":
@@ -144,7 +179,31 @@ export class Connection {
       }
     } finally {
       clearTimeout(watchdog);
+      clearTimeout(refresh);
     }
+  }
+
+  private async ack(client: Client<typeof RelayService>, streamId: string, m: Message): Promise<void> {
+    try {
+      await client.ack({ streamId, channelid: m.channelid, epoch: m.epoch, seqs: [m.seq] }, { headers: this.headers() });
+    } catch {
+      // Not acked: the relay delivers it again after the channel's ack wait.
+    }
+  }
+
+  /** Swaps the stream's token for a fresh one before it expires, again and again. */
+  private scheduleRefresh(client: Client<typeof RelayService>, streamId: string, expires: bigint) {
+    const inMs = Math.max(1_000, Number(expires) * 1000 - Date.now() - REFRESH_BEFORE_MS);
+    // setTimeout holds at most ~24.8 days.
+    return setTimeout(async () => {
+      try {
+        await this.refreshToken();
+        const reply = await client.refreshToken({ streamId }, { headers: this.headers() });
+        this.scheduleRefresh(client, streamId, reply.tokenExpires);
+      } catch {
+        // The stream ends when its token expires; the reconnect opens one with a fresh token.
+      }
+    }, Math.min(inMs, 2 ** 31 - 1));
   }
 }
 

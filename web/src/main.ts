@@ -63,13 +63,18 @@ function start() {
   loginView.hidden = true;
   chatView.hidden = false;
   $<HTMLElement>("me").textContent = pb.authStore.record?.email ?? "";
-  connection = new Connection(relays, () => pb.authStore.token, {
-    message: render,
-    state: showState,
-    recovery: (channel, recovered) => {
-      if (!recovered) showNotice(`#${channel}: older messages are no longer kept; some may be missing`);
+  connection = new Connection(
+    relays,
+    () => pb.authStore.token,
+    {
+      message: render,
+      state: showState,
+      recovery: (channel, recovered, reason) => {
+        if (!recovered) showNotice(`#${channel}: some messages may be missing (${reason || "no longer kept"})`);
+      },
     },
-  });
+    async () => (await pb.collection("users").authRefresh()).token,
+  );
   for (const c of (params.get("channels") ?? "chat").split(",")) join(c.trim());
 }
 

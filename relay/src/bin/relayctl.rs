@@ -14,8 +14,8 @@ use clap::{Parser, Subcommand};
 use futures::StreamExt;
 use relay::proto::relay_service_client::RelayServiceClient;
 use relay::proto::{
-    ChannelSubscription, Cursor, HistoryRequest, Message, PublishRequest, SubscribeRequest, cursor::Position,
-    subscribe_response::Event,
+    AckRequest, ChannelSubscription, Cursor, HistoryRequest, Message, PublishRequest, SubscribeRequest,
+    cursor::Position, subscribe_response::Event,
 };
 use tonic::Request;
 use tonic::transport::Channel;
@@ -51,7 +51,8 @@ enum Command {
         #[arg(long, default_value = "")]
         key: String,
     },
-    /// Prints history after the cursor, then live messages, until interrupted.
+    /// Prints history after the cursor, then live messages, until interrupted. Queue messages are
+    /// acked once printed.
     Subscribe {
         #[arg(required = true)]
         channels: Vec<String>,
@@ -59,6 +60,10 @@ enum Command {
         since_seq: Option<u64>,
         #[arg(long)]
         since_ts: Option<i64>,
+        /// The epoch the cursor belongs to (printed with each message); a changed epoch means the
+        /// channel's history was lost, and the relay says so.
+        #[arg(long, default_value = "")]
+        epoch: String,
     },
     /// Prints one page of history.
     History {
@@ -102,19 +107,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Subscribe { ref channels, since_seq, since_ts } => {
+        Command::Subscribe { ref channels, since_seq, since_ts, ref epoch } => {
             let mut client = connect(&cli.relay).await?;
-            let cursor = cursor(since_seq, since_ts);
-            let channels = channels.iter().map(|c| ChannelSubscription { channelid: c.clone(), cursor }).collect();
+            let cursor = cursor(since_seq, since_ts, epoch);
+            let channels =
+                channels.iter().map(|c| ChannelSubscription { channelid: c.clone(), cursor: cursor.clone() }).collect();
             let mut stream = client.subscribe(authed(&cli.token, SubscribeRequest { channels })?).await?.into_inner();
+            let mut stream_id = String::new();
             while let Some(event) = stream.next().await {
                 match event?.event {
-                    Some(Event::Message(m)) => print_message(&m),
+                    Some(Event::Started(s)) => stream_id = s.stream_id,
+                    Some(Event::Message(m)) => {
+                        print_message(&m);
+                        if m.needs_ack {
+                            let req = AckRequest {
+                                stream_id: stream_id.clone(),
+                                channelid: m.channelid.clone(),
+                                seqs: vec![m.seq],
+                                epoch: m.epoch.clone(),
+                            };
+                            client.ack(authed(&cli.token, req)?).await?;
+                        }
+                    }
                     Some(Event::Recovery(r)) if !r.recovered => {
-                        eprintln!(
-                            "# {}: history does not reach back to the cursor; messages may be missing",
-                            r.channelid
-                        )
+                        eprintln!("# {} (epoch {}): messages may be missing here: {}", r.channelid, r.epoch, r.reason)
                     }
                     _ => {}
                 }
@@ -123,7 +139,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::History { ref channel, limit, since_seq, since_ts } => {
             let mut client = connect(&cli.relay).await?;
-            let req = HistoryRequest { channelid: channel.clone(), cursor: cursor(since_seq, since_ts), limit };
+            let req = HistoryRequest { channelid: channel.clone(), cursor: cursor(since_seq, since_ts, ""), limit };
             let page = client.history(authed(&cli.token, req)?).await?.into_inner();
             page.messages.iter().for_each(print_message);
             if page.more {
@@ -145,9 +161,9 @@ fn authed<T>(token: &Option<String>, msg: T) -> anyhow::Result<Request<T>> {
     Ok(req)
 }
 
-fn cursor(since_seq: Option<u64>, since_ts: Option<i64>) -> Option<Cursor> {
+fn cursor(since_seq: Option<u64>, since_ts: Option<i64>, epoch: &str) -> Option<Cursor> {
     let position = since_seq.map(Position::SinceSeq).or(since_ts.map(Position::SinceTs))?;
-    Some(Cursor { position: Some(position) })
+    Some(Cursor { position: Some(position), epoch: epoch.to_owned() })
 }
 
 async fn login(pocketbase: &str, collection: &str, identity: &str, password: &str) -> anyhow::Result<String> {
@@ -176,5 +192,6 @@ fn print_message(m: &Message) {
     let (h, mi, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
     let ms = (m.ts / 1_000_000) % 1000;
     let who = if m.username.is_empty() { &m.userid } else { &m.username };
-    println!("{} #{} {h:02}:{mi:02}:{s:02}.{ms:03}Z {who}: {}", m.channelid, m.seq, m.text);
+    let again = if m.redelivered > 0 { format!(" (delivered {} times before)", m.redelivered) } else { String::new() };
+    println!("{} #{} {h:02}:{mi:02}:{s:02}.{ms:03}Z {who}: {}{again}  [epoch {}]", m.channelid, m.seq, m.text, m.epoch);
 }

@@ -7,6 +7,7 @@ use tonic::Request;
 use crate::Relay;
 use crate::error::{Error, Result};
 use crate::proto::{HistoryRequest, HistoryResponse};
+use crate::store::{After, Read};
 
 const DEFAULT_LIMIT: u32 = 100;
 const MAX_LIMIT: u32 = 1000;
@@ -27,10 +28,25 @@ pub async fn history(relay: &Relay, req: Request<HistoryRequest>) -> Result<Hist
     if !governed.settings.access.subscribe.allows(&user.id, &channel) {
         return Err(Error::PermissionDenied(format!("user {} may not read {channel}", user.id)));
     }
-    let max_age = Some(Duration::from_secs(governed.settings.history.max_age_secs));
-    let page = match cursor {
-        Some(after) => relay.store.after(channel.as_str(), after, limit, max_age).await?,
-        None => relay.store.latest(channel.as_str(), limit, max_age).await?,
+    let max_age = Duration::from_secs(governed.settings.history.max_age_secs);
+    let ch = channel.as_str();
+    let (page, recovered) = match cursor {
+        None => (relay.store.read(ch, Read::Latest, limit, max_age).await?, true),
+        Some(resume) => {
+            let page = relay.store.read(ch, Read::After(resume.after), limit, max_age).await?;
+            let recovered = page.covers(resume.after, &resume.epoch);
+            if page.lost_since(resume.after, &resume.epoch) {
+                // History was lost since the cursor: the page starts from the current epoch's beginning.
+                (relay.store.read(ch, Read::After(After::Seq(0)), limit, max_age).await?, false)
+            } else {
+                (page, recovered)
+            }
+        }
     };
-    Ok(HistoryResponse { messages: page.messages.into_iter().map(Into::into).collect(), more: page.more })
+    Ok(HistoryResponse {
+        messages: page.messages.into_iter().map(Into::into).collect(),
+        more: page.more,
+        epoch: page.epoch,
+        recovered,
+    })
 }

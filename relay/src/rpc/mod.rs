@@ -1,9 +1,11 @@
 //! The gRPC service: one module per RPC, each in the same shape (verify the caller, validate,
 //! authorize, act, respond). This module holds what they share.
 
+pub mod ack;
 pub mod history;
 pub mod outbox;
 pub mod publish;
+pub mod refresh;
 pub mod subscribe;
 
 use std::sync::Arc;
@@ -53,6 +55,17 @@ impl proto::relay_service_server::RelayService for Service {
     async fn history(&self, req: Request<proto::HistoryRequest>) -> Result<Response<proto::HistoryResponse>, Status> {
         finish("History", history::history(&self.relay, req).await)
     }
+
+    async fn ack(&self, req: Request<proto::AckRequest>) -> Result<Response<proto::AckResponse>, Status> {
+        finish("Ack", ack::ack(&self.relay, req).await)
+    }
+
+    async fn refresh_token(
+        &self,
+        req: Request<proto::RefreshTokenRequest>,
+    ) -> Result<Response<proto::RefreshTokenResponse>, Status> {
+        finish("RefreshToken", refresh::refresh_token(&self.relay, req).await)
+    }
 }
 
 /// Parses a client-supplied channel id; INVALID_ARGUMENT with the reason.
@@ -60,16 +73,42 @@ pub fn channel_id(raw: &str) -> Result<ChannelId> {
     ChannelId::parse(raw).map_err(|e| Error::InvalidArgument(format!("bad channelid {raw:?}: {e}")))
 }
 
+/// Where a client resumes: a position and the epoch it belongs to (empty: taken as is).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resume {
+    pub after: After,
+    pub epoch: String,
+}
+
+/// The longest epoch a client may send (the relay makes them 15 characters long).
+const MAX_EPOCH: usize = 64;
+
 /// A client cursor as a history position; None when unset (live only, or newest for History).
-pub fn cursor(c: Option<&proto::Cursor>) -> Result<Option<After>> {
-    match c.and_then(|c| c.position) {
-        None => Ok(None),
-        Some(Position::SinceSeq(seq)) => Ok(Some(After::Seq(seq))),
+pub fn cursor(c: Option<&proto::Cursor>) -> Result<Option<Resume>> {
+    let Some(c) = c else { return Ok(None) };
+    let after = match c.position {
+        None if c.epoch.is_empty() => return Ok(None),
+        None => return Err(Error::InvalidArgument("bad cursor: an epoch without since_seq or since_ts".into())),
+        Some(Position::SinceSeq(seq)) => After::Seq(seq),
         Some(Position::SinceTs(ts)) if ts < 0 => {
-            Err(Error::InvalidArgument(format!("bad cursor: since_ts {ts} is negative; it is Unix nanoseconds")))
+            return Err(Error::InvalidArgument(format!(
+                "bad cursor: since_ts {ts} is negative; it is Unix nanoseconds"
+            )));
         }
-        Some(Position::SinceTs(ts)) => Ok(Some(After::Ts(ts))),
+        Some(Position::SinceTs(ts)) => After::Ts(ts),
+    };
+    Ok(Some(Resume { after, epoch: epoch(&c.epoch)?.to_owned() }))
+}
+
+/// A client-supplied epoch (empty is fine: any).
+pub fn epoch(raw: &str) -> Result<&str> {
+    if raw.len() > MAX_EPOCH || !raw.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(Error::InvalidArgument(format!(
+            "bad epoch {:?}: not one the relay gave out (letters and digits, at most {MAX_EPOCH})",
+            raw.chars().take(MAX_EPOCH).collect::<String>()
+        )));
     }
+    Ok(raw)
 }
 
 impl From<relay_channel::WireMessage> for proto::Message {
@@ -82,6 +121,9 @@ impl From<relay_channel::WireMessage> for proto::Message {
             seq: m.seq,
             id: m.id,
             username: m.username,
+            epoch: m.epoch,
+            redelivered: 0,
+            needs_ack: false,
         }
     }
 }

@@ -19,8 +19,7 @@ use crate::proto::SubscribeResponse;
 
 pub type ResponseStream = Pin<Box<dyn Stream<Item = Result<SubscribeResponse, Status>> + Send>>;
 
-/// An event, and the JetStream message to ack once tonic takes the event for writing.
-type Item = (SubscribeResponse, Option<async_nats::jetstream::Message>);
+type Item = SubscribeResponse;
 
 /// The stream is gone (client left or it was ended): producers stop.
 #[derive(Debug)]
@@ -56,25 +55,15 @@ impl Outbox {
     pub async fn send(&self, event: SubscribeResponse) -> Result<(), Closed> {
         self.busy.store(true, Ordering::Relaxed);
         tokio::select! {
-            r = self.tx.send((event, None)) => r.map_err(|_| Closed),
+            r = self.tx.send(event) => r.map_err(|_| Closed),
             _ = self.end.done.cancelled() => Err(Closed),
         }
     }
 
     /// Queues without waiting: for live messages. A full queue ends the stream as a slow consumer.
     pub fn offer(&self, event: SubscribeResponse) -> Result<(), Closed> {
-        self.offer_acked(event, None)
-    }
-
-    /// Like [`Outbox::offer`]; `ack` is acknowledged to JetStream when the event is taken for
-    /// writing to the client, not before: a stream that dies first leaves it for redelivery.
-    pub fn offer_acked(
-        &self,
-        event: SubscribeResponse,
-        ack: Option<async_nats::jetstream::Message>,
-    ) -> Result<(), Closed> {
         self.busy.store(true, Ordering::Relaxed);
-        match self.tx.try_send((event, ack)) {
+        match self.tx.try_send(event) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.end(Status::resource_exhausted(
@@ -126,12 +115,7 @@ fn drain(
             item = st.rx.recv() => item,
         };
         match item {
-            Some((event, ack)) => {
-                if let Some(msg) = ack
-                    && let Err(e) = msg.ack().await
-                {
-                    tracing::warn!(error = %e, "acking a delivered JetStream message; it may be redelivered");
-                }
+            Some(event) => {
                 if matches!(event.event, Some(crate::proto::subscribe_response::Event::Message(_))) {
                     crate::metrics::delivered(1);
                 }

@@ -1,18 +1,22 @@
 //! Publish: verify -> authorize -> validate -> rate-limit -> Redis (assigns ts/seq) -> NATS -> reply.
-//! A publish answered OK is in history and on NATS (acked by JetStream where a stream captures it).
+//! A publish answered OK is in history and on NATS: acked by JetStream where a stream captures it,
+//! confirmed by the NATS server otherwise. A publish that fails after its Redis append answers
+//! UNAVAILABLE ("retry with the same idempotency key") and is published again in the background.
 
 use std::time::Instant;
 
-use relay_channel::names;
 use tonic::Request;
 
-use crate::Relay;
 use crate::error::{Error, Result};
 use crate::proto::{PublishRequest, PublishResponse};
 use crate::store::Append;
+use crate::{Relay, republish};
 
 /// The longest idempotency key accepted, in bytes.
 const MAX_IDEMPOTENCY_KEY: usize = 128;
+/// How long a channel that no `RelayChannel` names exactly (a sub-channel, or an undeclared one)
+/// keeps its Redis keys without a publish, when its history keeps messages for less.
+const IDLE_TTL: u64 = 7 * 24 * 3600;
 
 pub async fn publish(relay: &Relay, req: Request<PublishRequest>) -> Result<PublishResponse> {
     let started = Instant::now();
@@ -32,6 +36,8 @@ pub async fn publish(relay: &Relay, req: Request<PublishRequest>) -> Result<Publ
         )));
     }
 
+    // Nothing is stored for a NATS that is not there.
+    relay.bus.ensure_connected()?;
     let id = uuid::Uuid::now_v7().to_string();
     let appended = relay
         .store
@@ -44,25 +50,20 @@ pub async fn publish(relay: &Relay, req: Request<PublishRequest>) -> Result<Publ
             idempotency_key: (!req.idempotency_key.is_empty()).then_some(req.idempotency_key.as_str()),
             max_messages: settings.history.max_messages,
             max_age_secs: settings.history.max_age_secs,
+            idle_ttl_secs: (!governed.declared || governed.declared_by != channel.as_str()).then_some(IDLE_TTL),
         })
         .await?;
     // A replayed publish is sent to NATS again: the first attempt may have died before it did.
     // Subscribers drop the copy by seq; JetStream drops it by message id.
     let message = appended.message;
-    let subject = names::subject(channel.as_str());
-    let payload = bytes::Bytes::from(message.to_json());
-    if settings.stream.is_some() {
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", message.id.as_str());
-        relay
-            .jetstream
-            .publish_with_headers(subject, headers, payload)
-            .await
-            .map_err(|e| Error::unavailable("jetstream publish", e))?
-            .await
-            .map_err(|e| Error::unavailable("jetstream ack", e))?;
-    } else {
-        relay.nats.publish(subject, payload).await.map_err(|e| Error::unavailable("nats publish", e))?;
+    let jetstream = settings.stream.is_some();
+    if let Err(e) = republish::publish(&relay.bus, &message, jetstream).await {
+        let seq = message.seq;
+        relay.republish.push(message, jetstream);
+        return Err(Error::unavailable(
+            "publish",
+            format!("stored as seq {seq} but not yet on NATS ({e}); retry with the same idempotency key"),
+        ));
     }
     crate::metrics::observe_publish(started.elapsed());
     Ok(PublishResponse { message: Some(message.into()) })

@@ -1,0 +1,89 @@
+//! Messages stored in Redis whose NATS publish failed: the client was told UNAVAILABLE (and may
+//! retry with its idempotency key), and this replica keeps publishing them in the background until
+//! NATS takes them, so that subscribers whose delivery has no history repair (perUser, queue) get
+//! them too. Bounded: when the queue is full, the oldest waiting message is given up (broadcast
+//! streams still repair it from history, and a retry by the client publishes it again).
+//!
+//! JetStream drops copies by `Nats-Msg-Id` within the stream's duplicate window, core subscribers
+//! by seq, so publishing a message twice is harmless.
+
+use std::collections::VecDeque;
+use std::future::IntoFuture;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use relay_channel::{WireMessage, names};
+use tokio::sync::Notify;
+
+use crate::bus::{Bus, bounded};
+use crate::error::Result;
+
+/// Messages waiting at most.
+const CAPACITY: usize = 10_000;
+/// How long a message is tried for before it is given up.
+const GIVE_UP_AFTER: Duration = Duration::from_secs(300);
+
+/// One message to publish again, and whether its channel has a JetStream stream.
+struct Pending {
+    message: WireMessage,
+    jetstream: bool,
+    since: tokio::time::Instant,
+}
+
+#[derive(Default)]
+pub struct Republisher {
+    queue: Mutex<VecDeque<Pending>>,
+    wake: Notify,
+}
+
+impl Republisher {
+    /// Queues a message whose publish failed.
+    pub fn push(&self, message: WireMessage, jetstream: bool) {
+        let mut queue = self.queue.lock().expect("republish lock");
+        if queue.len() >= CAPACITY {
+            queue.pop_front();
+            crate::metrics::dropped("republish_queue_full");
+        }
+        queue.push_back(Pending { message, jetstream, since: tokio::time::Instant::now() });
+        drop(queue);
+        self.wake.notify_one();
+    }
+
+    /// Publishes what waits, oldest first, pausing while NATS is away.
+    pub async fn run(&self, bus: Bus) {
+        loop {
+            let next = self.queue.lock().expect("republish lock").pop_front();
+            let Some(p) = next else {
+                self.wake.notified().await;
+                continue;
+            };
+            if p.since.elapsed() > GIVE_UP_AFTER {
+                crate::metrics::dropped("republish_gave_up");
+                continue;
+            }
+            if let Err(e) = publish(&bus, &p.message, p.jetstream).await {
+                tracing::debug!(channel = %p.message.channelid, seq = p.message.seq, error = %e, "republishing; will retry");
+                self.queue.lock().expect("republish lock").push_front(p);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+/// Publishes a stored message: through JetStream (waiting for its ack) or core NATS (waiting for
+/// the server to confirm), with deadlines.
+pub async fn publish(bus: &Bus, message: &WireMessage, jetstream: bool) -> Result<()> {
+    bus.ensure_connected()?;
+    let subject = names::subject(&message.channelid);
+    let payload = bytes::Bytes::from(message.to_json());
+    if jetstream {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", message.id.as_str());
+        let js = async_nats::jetstream::new(bus.client.clone());
+        let ack = bounded("jetstream publish", js.publish_with_headers(subject, headers, payload)).await?;
+        bounded("jetstream ack", ack.into_future()).await?;
+        Ok(())
+    } else {
+        bus.publish_confirmed(subject, payload).await
+    }
+}

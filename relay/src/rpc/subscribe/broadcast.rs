@@ -1,0 +1,93 @@
+//! A broadcast channel's live messages: the replica's topic, in order, joined to what this stream's
+//! history read already sent.
+
+use relay_channel::WireMessage;
+use tokio::sync::broadcast;
+
+use crate::Relay;
+use crate::error::{Error, Result};
+use crate::hub::Item;
+use crate::order::{Out, Sequencer, Step, reason};
+use crate::rpc::outbox::Outbox;
+
+use super::{marker, message, offer, recovery};
+
+/// Forwards the topic's messages after (`epoch`, `last`) until the stream ends.
+pub async fn run(
+    relay: &Relay,
+    ch: &str,
+    mut epoch: String,
+    last: u64,
+    mut rx: broadcast::Receiver<Item>,
+    outbox: &Outbox,
+) -> Result<()> {
+    let mut seq = Sequencer::starting_after(last);
+    loop {
+        let item = tokio::select! {
+            _ = outbox.done() => return Ok(()),
+            item = rx.recv() => item,
+        };
+        let item = match item {
+            Ok(item) => item,
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                return Err(Error::ResourceExhausted(format!(
+                    "slow consumer: {n} messages of {ch} were not taken in time; resubscribe from your last seq"
+                )));
+            }
+            Err(broadcast::error::RecvError::Closed) => return Err(Error::unavailable("hub", "topic closed")),
+        };
+        let m = match item.as_ref() {
+            Out::Marker(mk) => {
+                offer(outbox, marker(ch, mk))?;
+                epoch = mk.epoch.clone();
+                // The hub goes on in order from its next message.
+                seq = Sequencer::default();
+                continue;
+            }
+            Out::Message(m) => m,
+        };
+        if epoch.is_empty() && seq.last.unwrap_or(0) == 0 {
+            epoch = m.epoch.clone();
+        }
+        match m.epoch.cmp(&epoch) {
+            // From before what this stream's history read saw: its history is gone.
+            std::cmp::Ordering::Less => {
+                offer(outbox, recovery(ch, false, &epoch, reason::STALE_EPOCH))?;
+                continue;
+            }
+            std::cmp::Ordering::Greater => {
+                offer(outbox, recovery(ch, false, &m.epoch, reason::NEW_EPOCH))?;
+                epoch = m.epoch.clone();
+                seq = Sequencer::default();
+            }
+            std::cmp::Ordering::Equal => {}
+        }
+        match seq.step(m.seq) {
+            Step::Duplicate => continue,
+            Step::Next => {}
+            // The moment between this stream's history read and the hub's next message.
+            Step::Gap { after } => repair(relay, ch, &epoch, after, m, outbox).await?,
+        }
+        seq.delivered(m.seq);
+        offer(outbox, message(m.clone()))?;
+    }
+}
+
+/// Sends what history holds between `after` and `m`, or a marker for what it does not.
+async fn repair(relay: &Relay, ch: &str, epoch: &str, after: u64, m: &WireMessage, outbox: &Outbox) -> Result<()> {
+    let page = relay.store.between(ch, after, m.seq).await?;
+    let mut next = after + 1;
+    if page.epoch == epoch {
+        for found in page.messages {
+            if found.seq != next {
+                break;
+            }
+            next += 1;
+            offer(outbox, message(found))?;
+        }
+    }
+    if next < m.seq {
+        offer(outbox, recovery(ch, false, epoch, reason::EXPIRED))?;
+    }
+    Ok(())
+}

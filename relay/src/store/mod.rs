@@ -1,0 +1,330 @@
+//! Redis: each channel's history, its `seq`/`ts` counters, its epoch and remembered idempotency keys.
+//!
+//! Two Lua scripts do all of it, each atomically: `append.lua` assigns `seq` (a counter) and `ts`
+//! (Redis's own clock, pushed forward by a nanosecond when it would not increase), adds the entry to
+//! the history stream with id `<seq>-0`, trims by count and by age, and remembers the idempotency
+//! key; `read.lua` reads a page after a cursor together with where the channel stands. Because every
+//! replica goes through the same scripts on the same keys, `seq` and `ts` are strictly increasing per
+//! channel however many replicas publish at once, and no two relays' clocks are ever compared.
+//!
+//! **Epochs.** The channel's meta hash holds an epoch, set by the first append after the hash was
+//! created. When the hash is lost (a Redis without persistence restarting, a failover to a replica
+//! that had not received it, the operator deleting a channel's data) the next append starts a new
+//! epoch, drops what is left of the old history and counts `seq` from 1 again. Every message carries
+//! its epoch, so readers can tell "seq 3 again" from "seq 3 once more" and say so to clients.
+//!
+//! Finding a position by age or by `ts` is a binary search over seqs inside the scripts (entries are
+//! in `ts` order because `ts` grows with `seq`): a page costs O(log n) stream lookups plus the page,
+//! never a scan of the history.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use relay_channel::{WireMessage, names};
+
+use crate::error::{Error, Result};
+
+const HELPERS: &str = include_str!("helpers.lua");
+const APPEND: &str = include_str!("append.lua");
+const READ: &str = include_str!("read.lua");
+
+/// How long an idempotency key is remembered when the channel keeps history for less.
+const MIN_IDEMPOTENCY_TTL: u64 = 3600;
+/// The largest seq position handed to the scripts: Lua numbers are doubles, exact up to 2^53.
+const MAX_POSITION: u64 = (1 << 53) - 2;
+/// How long a Redis call may take before the caller gets UNAVAILABLE (the connection's own
+/// response timeout, retried, could add up to more).
+const REDIS_TIMEOUT: Duration = Duration::from_secs(5);
+/// The most messages one repair reads from history.
+pub const MAX_REPAIR: usize = 4096;
+
+/// What to append.
+pub struct Append<'a> {
+    pub channel: &'a str,
+    pub userid: &'a str,
+    /// The sender's display name, stored with the message.
+    pub username: &'a str,
+    pub text: &'a str,
+    pub id: &'a str,
+    pub idempotency_key: Option<&'a str>,
+    pub max_messages: u64,
+    pub max_age_secs: u64,
+    /// When set, the channel's meta and history expire after this long without a publish (channels
+    /// that no `RelayChannel` names exactly, so junk names do not stay in Redis forever).
+    pub idle_ttl_secs: Option<u64>,
+}
+
+/// The result of an append.
+pub struct Appended {
+    pub message: WireMessage,
+    /// The idempotency key was seen before: this is the message stored then.
+    pub replayed: bool,
+}
+
+/// Where a reader resumes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum After {
+    Seq(u64),
+    Ts(i64),
+}
+
+/// Which page to read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Read {
+    /// Oldest first, after a position.
+    After(After),
+    /// The newest messages, returned oldest first.
+    Latest,
+}
+
+/// A page of history and where the channel stood when it was read.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Page {
+    /// The channel's epoch; empty when nothing was ever published (or its meta was lost since).
+    pub epoch: String,
+    /// The last seq assigned in this epoch (0: none).
+    pub last_seq: u64,
+    /// The last ts assigned in this epoch (0: none).
+    pub last_ts: i64,
+    /// The oldest message inside retention, as (seq, ts).
+    pub oldest: Option<(u64, i64)>,
+    pub messages: Vec<WireMessage>,
+    /// More messages follow the page (for `Latest`: precede it).
+    pub more: bool,
+}
+
+impl Page {
+    /// Whether the channel's history was lost since a cursor at `after` of `epoch` was handed out:
+    /// its position means nothing in the current epoch, so a reader starts from the beginning.
+    pub fn lost_since(&self, after: After, epoch: &str) -> bool {
+        (!epoch.is_empty() && epoch != self.epoch) || matches!(after, After::Seq(s) if s > self.last_seq)
+    }
+
+    /// Whether history holds everything after `after` of epoch `epoch` (empty: the current one),
+    /// so a reader resuming there misses nothing.
+    pub fn covers(&self, after: After, epoch: &str) -> bool {
+        if !epoch.is_empty() && epoch != self.epoch {
+            return false;
+        }
+        match after {
+            // A seq beyond the last one comes from before a loss of Redis data.
+            After::Seq(s) => {
+                s == self.last_seq || (s < self.last_seq && self.oldest.is_some_and(|(seq, _)| seq <= s + 1))
+            }
+            // Nothing is newer, or nothing was ever trimmed, or all that was trimmed is older.
+            After::Ts(t) => t >= self.last_ts || self.oldest.is_some_and(|(seq, ts)| seq == 1 || ts <= t),
+        }
+    }
+}
+
+/// Redis access for history; cheap to clone (one multiplexed, self-reconnecting connection).
+#[derive(Clone)]
+pub struct Store {
+    conn: ConnectionManager,
+    append: redis::Script,
+    read: redis::Script,
+}
+
+type Entry = (String, Vec<String>);
+type ReadReply = (Vec<String>, u64, String, Vec<Entry>);
+
+impl Store {
+    /// Connects lazily: the relay starts (not ready) while Redis is down.
+    pub fn new(url: &str) -> Result<Self> {
+        let client = redis::Client::open(url).map_err(|e| Error::unavailable("redis url", e))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(3)))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(1));
+        let conn =
+            ConnectionManager::new_lazy_with_config(client, config).map_err(|e| Error::unavailable("redis", e))?;
+        Ok(Self {
+            conn,
+            append: redis::Script::new(&format!("{HELPERS}\n{APPEND}")),
+            read: redis::Script::new(&format!("{HELPERS}\n{READ}")),
+        })
+    }
+
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    pub async fn ping(&self) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Appends one message; see the module docs for what the script guarantees.
+    pub async fn append(&self, a: Append<'_>) -> Result<Appended> {
+        let mut conn = self.conn.clone();
+        let idem = a.idempotency_key.map(|k| names::idempotency_key(a.channel, a.userid, k));
+        let idem_ttl = a.max_age_secs.max(MIN_IDEMPOTENCY_TTL);
+        let meta = names::meta_key(a.channel);
+        type Reply = (u8, String, String, String, String, String, String);
+        let (replayed, seq, ts, id, text, username, epoch) = bounded(
+            self.append
+                .key(names::history_key(a.channel))
+                .key(&meta)
+                // Without a key, the meta key stands in: every key of a script shares the channel's slot.
+                .key(idem.as_deref().unwrap_or(&meta))
+                .arg(a.userid)
+                .arg(a.text)
+                .arg(a.id)
+                .arg(a.max_messages.max(1))
+                .arg(a.max_age_secs)
+                .arg(idem_ttl)
+                .arg(if idem.is_some() { "1" } else { "0" })
+                .arg(a.username)
+                .arg(new_epoch())
+                .arg(a.idle_ttl_secs.map_or(0, |t| t.max(a.max_age_secs)))
+                .invoke_async::<Reply>(&mut conn),
+        )
+        .await?;
+        let bad = |what: &str| Error::unavailable("redis", format!("append script returned a bad {what}"));
+        Ok(Appended {
+            message: WireMessage {
+                channelid: a.channel.to_owned(),
+                userid: a.userid.to_owned(),
+                username,
+                text,
+                ts: ts.parse().map_err(|_| bad("ts"))?,
+                seq: seq.parse().map_err(|_| bad("seq"))?,
+                id,
+                epoch,
+            },
+            replayed: replayed == 1,
+        })
+    }
+
+    /// Up to `limit` messages and where the channel stands. Messages older than `max_age` (zero:
+    /// no limit) are left out even before they are trimmed, and paged past.
+    pub async fn read(&self, channel: &str, from: Read, limit: usize, max_age: Duration) -> Result<Page> {
+        let (mode, position) = match from {
+            Read::After(After::Seq(s)) => ("seq", s.min(MAX_POSITION).to_string()),
+            Read::After(After::Ts(t)) => ("ts", t.max(0).to_string()),
+            Read::Latest => ("latest", "0".to_owned()),
+        };
+        let mut conn = self.conn.clone();
+        let (header, oldest_seq, oldest_ts, entries) = bounded(
+            self.read
+                .key(names::history_key(channel))
+                .key(names::meta_key(channel))
+                .arg(mode)
+                .arg(position)
+                .arg(max_age.as_secs())
+                .arg(limit)
+                .invoke_async::<ReadReply>(&mut conn),
+        )
+        .await?;
+        let number = |i: usize| header.get(i).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+        let epoch = header.first().cloned().unwrap_or_default();
+        let more = entries.len() > limit;
+        let mut messages: Vec<WireMessage> =
+            entries.into_iter().take(limit).filter_map(|e| parse(channel, &epoch, e)).collect();
+        if from == Read::Latest {
+            messages.reverse();
+        }
+        Ok(Page {
+            last_seq: number(1).max(0) as u64,
+            last_ts: number(2).saturating_mul(1_000_000_000).saturating_add(number(3)),
+            oldest: (oldest_seq > 0).then(|| (oldest_seq, oldest_ts.parse().unwrap_or(0))),
+            epoch,
+            messages,
+            more,
+        })
+    }
+
+    /// Messages with `from < seq < to` (at most [`MAX_REPAIR`]), for repairing a gap seen on the
+    /// live path, with the epoch they belong to. Retention by age does not apply: what is still
+    /// there is delivered rather than skipped.
+    pub async fn between(&self, channel: &str, from: u64, to: u64) -> Result<Page> {
+        let want = (to.saturating_sub(from).saturating_sub(1) as usize).min(MAX_REPAIR);
+        let mut page = self.read(channel, Read::After(After::Seq(from)), want, Duration::ZERO).await?;
+        page.messages.retain(|m| m.seq < to);
+        Ok(page)
+    }
+}
+
+/// Awaits a Redis call for at most [`REDIS_TIMEOUT`].
+async fn bounded<T>(call: impl Future<Output = redis::RedisResult<T>>) -> Result<T> {
+    match tokio::time::timeout(REDIS_TIMEOUT, call).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(Error::unavailable("redis", format!("no answer within {REDIS_TIMEOUT:?}"))),
+    }
+}
+
+/// A fresh epoch: the time in milliseconds (so epochs sort by when they began) and randomness (so
+/// two replicas starting one at the same moment cannot collide).
+fn new_epoch() -> String {
+    format!("{:x}{:04x}", crate::now_nanos() / 1_000_000, rand::random::<u16>())
+}
+
+/// One stream entry (`<seq>-0`, fields u t ts id n) as a message; None for an entry not of ours.
+fn parse(channel: &str, epoch: &str, (id, fields): Entry) -> Option<WireMessage> {
+    let seq = id.strip_suffix("-0")?.parse().ok()?;
+    let mut m = WireMessage {
+        channelid: channel.to_owned(),
+        userid: String::new(),
+        username: String::new(),
+        text: String::new(),
+        ts: 0,
+        seq,
+        id: String::new(),
+        epoch: epoch.to_owned(),
+    };
+    let mut it = fields.into_iter();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        match k.as_str() {
+            "u" => m.userid = v,
+            "t" => m.text = v,
+            "ts" => m.ts = v.parse().ok()?,
+            "id" => m.id = v,
+            "n" => m.username = v,
+            _ => {}
+        }
+    }
+    Some(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(epoch: &str, last_seq: u64, last_ts: i64, oldest: Option<(u64, i64)>) -> Page {
+        Page { epoch: epoch.into(), last_seq, last_ts, oldest, ..Default::default() }
+    }
+
+    #[test]
+    fn covers_by_seq() {
+        let p = page("e1", 10, 1000, Some((4, 400)));
+        assert!(p.covers(After::Seq(10), ""), "nothing newer");
+        assert!(p.covers(After::Seq(3), ""), "4..10 all kept");
+        assert!(!p.covers(After::Seq(2), ""), "3 was trimmed");
+        assert!(!p.covers(After::Seq(11), ""), "a seq from the future predates a loss");
+        assert!(p.covers(After::Seq(5), "e1"));
+        assert!(!p.covers(After::Seq(5), "e0"), "another epoch: history was lost");
+        assert!(!page("", 0, 0, None).covers(After::Seq(5), "e1"), "meta lost, nothing since");
+        assert!(page("", 0, 0, None).covers(After::Seq(0), ""), "empty channel, start");
+        assert!(!page("e1", 10, 1000, None).covers(After::Seq(3), ""), "everything expired");
+    }
+
+    #[test]
+    fn covers_by_ts() {
+        let p = page("e1", 10, 1000, Some((4, 400)));
+        assert!(p.covers(After::Ts(1000), ""));
+        assert!(p.covers(After::Ts(400), ""), "the oldest kept is at the cursor");
+        assert!(p.covers(After::Ts(450), ""));
+        assert!(!p.covers(After::Ts(399), ""), "something between 399 and 400 may be gone");
+        assert!(page("e1", 10, 1000, Some((1, 100))).covers(After::Ts(5), ""), "nothing ever trimmed");
+    }
+
+    #[test]
+    fn epochs_sort_by_time() {
+        let a = new_epoch();
+        std::thread::sleep(Duration::from_millis(2));
+        let b = new_epoch();
+        assert!(a.len() >= 12 && a < b, "{a} {b}");
+    }
+}

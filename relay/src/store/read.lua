@@ -1,0 +1,45 @@
+-- Reads a page of a channel's history and where the channel stands, in one atomic step.
+-- KEYS: 1 history stream, 2 meta hash
+-- ARGV: 1 mode: 'seq' (after a seq), 'ts' (after a ts) or 'latest' (the newest)
+--       2 the position (seq or ts, decimal; ignored for 'latest')
+--       3 max age seconds: older entries are left out even before they are trimmed (0: none)
+--       4 limit: up to limit + 1 entries are returned, so the caller can tell whether there is more
+-- Returns {{epoch, last seq, last ts seconds, last ts nanoseconds}, oldest seq, oldest ts, entries}
+-- where "oldest" is the oldest entry inside retention (0 and '0' when there is none) and entries
+-- are oldest first, except for 'latest' where they are newest first.
+local history, meta = KEYS[1], KEYS[2]
+local m = redis.call('HMGET', meta, 'epoch', 'seq', 'ts_s', 'ts_ns')
+local header = {m[1] or '', m[2] or '0', m[3] or '0', m[4] or '0'}
+local head = redis.call('XRANGE', history, '-', '+', 'COUNT', 1)[1]
+local tail = redis.call('XREVRANGE', history, '+', '-', 'COUNT', 1)[1]
+if not head then return {header, 0, '0', {}} end
+local start, last = seq_of(head), seq_of(tail)
+local max_age = tonumber(ARGV[3])
+if max_age > 0 then
+  local sec, nsec = now()
+  local cutoff = string.format('%d%09d', sec - max_age, nsec)
+  local function expired(e) return lt(ts_of(e), cutoff) end
+  if expired(tail) then return {header, 0, '0', {}} end
+  if expired(head) then start = search(history, start, last, expired) end
+end
+local oldest = first_at(history, start)
+local limit = tonumber(ARGV[4]) + 1
+local entries
+if ARGV[1] == 'latest' then
+  entries = redis.call('XREVRANGE', history, '+', id(start), 'COUNT', limit)
+else
+  local from = start
+  if ARGV[1] == 'seq' then
+    from = math.max(from, tonumber(ARGV[2]) + 1)
+  else
+    local pos = ARGV[2]
+    local function not_newer(e) return not lt(pos, ts_of(e)) end
+    if not_newer(tail) then
+      from = last + 1
+    elseif not_newer(oldest) then
+      from = search(history, start, last, not_newer)
+    end
+  end
+  entries = redis.call('XRANGE', history, id(from), '+', 'COUNT', limit)
+end
+return {header, seq_of(oldest), ts_of(oldest), entries}

@@ -18,6 +18,9 @@ use crate::config::Config;
 use crate::proto::relay_service_server::RelayServiceServer;
 use crate::{Relay, auth, bus, hub, metrics, rate, republish, route, rpc, settings, store, streams};
 
+/// The HTTP/2 connection window the relay grants each client.
+const CONNECTION_WINDOW: u32 = 8 << 20;
+
 /// Bound listeners, so callers (and tests) learn the real ports before serving.
 pub struct Listeners {
     pub grpc: TcpListener,
@@ -126,6 +129,11 @@ pub async fn serve(relay: Arc<Relay>, listeners: Listeners, signal: impl Future<
             // Browsers speak gRPC-web over HTTP/1.1; native clients HTTP/2, on the same port.
             .accept_http1(true)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            // h2 closes a connection (GOAWAY ENHANCE_YOUR_CALM, "too_many_data_frames") once the
+            // small DATA frames it holds unread exceed half the connection window: a client with a
+            // few thousand unary calls in flight on one connection hit it at the default 1 MiB
+            // (test: a_nats_outage_fails_callers_fast...). Memory is spent only as data arrives.
+            .initial_connection_window_size(Some(CONNECTION_WINDOW))
             .tcp_nodelay(true)
             // CORS first: a preflight must be answered before gRPC-web translation.
             .layer(cors(&relay.config.cors_origins))

@@ -37,10 +37,15 @@ impl Proc {
         let _ = self.child.kill().await;
     }
 
+    /// Sends a signal (`STOP`, `CONT`, `TERM`, ...).
+    fn signal(&self, sig: &str) {
+        let status = std::process::Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status();
+        assert!(status.is_ok_and(|s| s.success()), "kill -{sig} {}", self.name);
+    }
+
     /// Sends SIGTERM and waits for the exit.
     async fn terminate(&mut self) -> std::process::ExitStatus {
-        let status = std::process::Command::new("kill").arg("-TERM").arg(self.pid().to_string()).status();
-        assert!(status.is_ok_and(|s| s.success()), "kill -TERM {}", self.name);
+        self.signal("TERM");
         tokio::time::timeout(Duration::from_secs(20), self.child.wait())
             .await
             .unwrap_or_else(|_| panic!("{} did not exit within 20s of SIGTERM", self.name))
@@ -80,6 +85,20 @@ impl Server {
     pub async fn stop(&mut self) {
         if let Some(mut p) = self.proc.take() {
             p.kill().await;
+        }
+    }
+
+    /// SIGSTOP: the server hangs (connections open, nothing answered), as a stalled machine does.
+    pub fn pause(&self) {
+        if let Some(p) = &self.proc {
+            p.signal("STOP");
+        }
+    }
+
+    /// SIGCONT after [`Server::pause`].
+    pub fn resume(&self) {
+        if let Some(p) = &self.proc {
+            p.signal("CONT");
         }
     }
 
@@ -311,6 +330,20 @@ impl RelayProc {
         self.proc.terminate().await
     }
 
+    /// How the process ended, if it did.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.proc.child.try_wait().ok().flatten()
+    }
+
+    /// SIGSTOP / SIGCONT: a replica that stalls and comes back.
+    pub fn pause(&self) {
+        self.proc.signal("STOP");
+    }
+
+    pub fn resume(&self) {
+        self.proc.signal("CONT");
+    }
+
     pub async fn ready(&self) -> bool {
         let url = format!("http://127.0.0.1:{}/readyz", self.admin_port);
         reqwest::get(url).await.is_ok_and(|r| r.status().is_success())
@@ -358,7 +391,12 @@ impl Stack {
     }
 
     pub async fn with(options: StackOptions) -> Self {
-        let dir = tempfile::Builder::new().prefix("relay-test-").tempdir().expect("temp dir");
+        let mut dir = tempfile::Builder::new().prefix("relay-test-").tempdir().expect("temp dir");
+        // RELAY_TEST_KEEP=1 keeps every server's data and logs for a look after the test.
+        if std::env::var_os("RELAY_TEST_KEEP").is_some() {
+            dir.disable_cleanup(true);
+            eprintln!("keeping {}", dir.path().display());
+        }
         let (nats, redis, pocketbase) =
             tokio::join!(Nats::start(dir.path()), Redis::start(dir.path()), PocketBase::start(dir.path()));
         let mut stack = Self { nats, redis, pocketbase, relays: Vec::new(), options, dir };

@@ -24,6 +24,13 @@ fn authed<T>(token: &str, msg: T) -> Request<T> {
 }
 
 impl Client {
+    /// A client that connects on first use and reconnects by itself (the relay may be down now).
+    pub fn lazy(addr: &str) -> Self {
+        let channel =
+            Channel::from_shared(addr.to_owned()).unwrap().connect_timeout(Duration::from_secs(2)).connect_lazy();
+        Self { inner: RelayServiceClient::new(channel) }
+    }
+
     pub async fn connect(addr: &str) -> Self {
         let channel = Channel::from_shared(addr.to_owned()).unwrap().connect_timeout(Duration::from_secs(5));
         let channel = channel.connect().await.unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));

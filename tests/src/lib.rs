@@ -5,6 +5,7 @@
 //! installs them. The relay binary is `target/<profile>/relay`, built by `cargo test --workspace`
 //! (the relay package has integration tests of its own, so Cargo builds its binaries first).
 
+pub mod checker;
 mod client;
 pub mod kube_api;
 mod servers;

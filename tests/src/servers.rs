@@ -17,7 +17,8 @@ pub(crate) struct Proc {
 
 impl Proc {
     pub(crate) fn spawn(name: &str, cmd: &mut Command, log: &Path) -> Self {
-        let out = std::fs::File::create(log).expect("log file");
+        // Appended to: a server restarted by a test keeps one log.
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log file");
         let err = out.try_clone().expect("log file");
         let child = cmd
             .stdin(Stdio::null())
@@ -304,11 +305,13 @@ impl PocketBase {
     }
 }
 
-/// One relay process.
+/// One relay process, restartable on the same ports.
 pub struct RelayProc {
     pub grpc_port: u16,
     pub admin_port: u16,
     proc: Proc,
+    env: Vec<(String, String)>,
+    log: PathBuf,
 }
 
 impl RelayProc {
@@ -333,6 +336,22 @@ impl RelayProc {
     /// How the process ended, if it did.
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.proc.child.try_wait().ok().flatten()
+    }
+
+    fn spawn(env: &[(String, String)], log: &Path) -> Proc {
+        let mut cmd = Command::new(relay_binary());
+        cmd.env_clear();
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Proc::spawn("relay", &mut cmd, log)
+    }
+
+    /// Kills the process if it runs and starts it again on the same ports; returns without waiting
+    /// for readiness (see [`RelayProc::ready`]).
+    pub async fn restart(&mut self) {
+        self.proc.kill().await;
+        self.proc = Self::spawn(&self.env, &self.log);
     }
 
     /// SIGSTOP / SIGCONT: a replica that stalls and comes back.
@@ -411,19 +430,21 @@ impl Stack {
     pub async fn spawn_relay(&self) -> RelayProc {
         let (grpc_port, admin_port) = (free_port(), free_port());
         let log = self.dir.path().join(format!("relay-{grpc_port}.log"));
-        let mut cmd = Command::new(relay_binary());
-        cmd.env_clear()
-            .env("RELAY_LISTEN", format!("127.0.0.1:{grpc_port}"))
-            .env("RELAY_ADMIN_LISTEN", format!("127.0.0.1:{admin_port}"))
-            .env("RELAY_NATS_URL", self.nats.url())
-            .env("RELAY_REDIS_URL", self.redis.url())
-            .env("RELAY_POCKETBASE_URL", self.pocketbase.url())
-            .env("RELAY_UNDECLARED_CHANNELS", "allow")
-            .env("RUST_LOG", "info,relay=debug");
-        for (k, v) in &self.options.env {
-            cmd.env(k, v);
-        }
-        let relay = RelayProc { grpc_port, admin_port, proc: Proc::spawn("relay", &mut cmd, &log) };
+        let mut env: Vec<(String, String)> = [
+            ("RELAY_LISTEN", format!("127.0.0.1:{grpc_port}")),
+            ("RELAY_ADMIN_LISTEN", format!("127.0.0.1:{admin_port}")),
+            ("RELAY_NATS_URL", self.nats.url()),
+            ("RELAY_REDIS_URL", self.redis.url()),
+            ("RELAY_POCKETBASE_URL", self.pocketbase.url()),
+            ("RELAY_UNDECLARED_CHANNELS", "allow".to_owned()),
+            ("RUST_LOG", "info,relay=debug".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        env.extend(self.options.env.iter().cloned());
+        let proc = RelayProc::spawn(&env, &log);
+        let relay = RelayProc { grpc_port, admin_port, proc, env, log };
         eventually(Duration::from_secs(20), "relay ready", || relay.ready()).await;
         relay
     }
@@ -454,17 +475,22 @@ impl Stack {
         backends.apply(name, &format!("test/{name}"), &desired).await.expect("operator apply")
     }
 
+    /// Keeps the folder of data and logs after the stack is gone (for a failed run).
+    pub fn keep_dir(&mut self) {
+        self.dir.disable_cleanup(true);
+    }
+
     /// The folder holding every server's data and logs.
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
 }
 
-/// `target/<profile>/<name>`: next to the running binary, or to its `deps/` folder for a test.
+/// `target/<profile>/<name>`: next to the running binary, or to its `deps/` or `examples/` folder.
 pub(crate) fn workspace_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("binary path");
     let mut dir = exe.parent().expect("binary folder");
-    if dir.ends_with("deps") {
+    if dir.ends_with("deps") || dir.ends_with("examples") {
         dir = dir.parent().expect("target/<profile>");
     }
     let bin = dir.join(name);

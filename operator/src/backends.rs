@@ -44,18 +44,14 @@ pub struct Backends {
 
 impl Backends {
     /// Connects lazily to both: the operator starts (not ready) while they are down.
-    pub async fn connect(nats_url: &str, redis_url: &str) -> anyhow::Result<Self> {
-        let nats = async_nats::ConnectOptions::new()
-            .name("relay-operator")
-            .retry_on_initial_connect()
-            .max_reconnects(None)
-            .connect(nats_url)
-            .await?;
+    pub async fn connect(nats: &relay_connect::Nats, redis: &relay_connect::Redis) -> anyhow::Result<Self> {
+        let options = nats.options("relay-operator").await?;
+        let nats = nats.connect(options).await?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(std::time::Duration::from_secs(2)))
             .set_response_timeout(Some(std::time::Duration::from_secs(3)))
             .set_number_of_retries(1);
-        let redis = ConnectionManager::new_lazy_with_config(redis::Client::open(redis_url)?, config)?;
+        let redis = ConnectionManager::new_lazy_with_config(redis.client()?, config)?;
         Ok(Self { js: jetstream::new(nats.clone()), nats, redis })
     }
 

@@ -13,10 +13,21 @@ use operator::{admin, backends::Backends, controller, leader::Elector, standalon
 #[derive(Parser)]
 #[command(name = "operator", version, about = "Reconciles RelayChannels into NATS JetStream and Redis")]
 struct Config {
-    #[arg(long, env = "OPERATOR_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    /// NATS seed URLs, comma-separated: nats:// or tls://, user and password in the URL.
+    #[arg(long, env = "OPERATOR_NATS_URL", default_value = "nats://127.0.0.1:4222", hide_env_values = true)]
     nats_url: String,
-    #[arg(long, env = "OPERATOR_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    /// A private CA (PEM) to trust for NATS (turns TLS on).
+    #[arg(long, env = "OPERATOR_NATS_CA_FILE")]
+    nats_ca_file: Option<PathBuf>,
+    /// A NATS credentials file (JWT and NKey seed).
+    #[arg(long, env = "OPERATOR_NATS_CREDS_FILE")]
+    nats_creds_file: Option<PathBuf>,
+    /// redis:// or rediss:// (TLS); ACL user and password in the URL.
+    #[arg(long, env = "OPERATOR_REDIS_URL", default_value = "redis://127.0.0.1:6379", hide_env_values = true)]
     redis_url: String,
+    /// A private CA (PEM) to trust for Redis (with a rediss:// URL).
+    #[arg(long, env = "OPERATOR_REDIS_CA_FILE")]
+    redis_ca_file: Option<PathBuf>,
     /// /metrics, /healthz, /readyz.
     #[arg(long, env = "OPERATOR_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
     admin_listen: std::net::SocketAddr,
@@ -24,7 +35,8 @@ struct Config {
     #[arg(long, env = "OPERATOR_STANDALONE_DIR")]
     standalone: Option<PathBuf>,
     /// How often every channel is checked again (drift made behind the operator's back is undone).
-    #[arg(long, env = "OPERATOR_RESYNC", default_value = "60s", value_parser = parse_duration)]
+    /// 100ms to 24h.
+    #[arg(long, env = "OPERATOR_RESYNC", default_value = "60s", value_parser = duration(100, 86_400_000))]
     resync: Duration,
     /// Run only while holding the Lease (off: every replica acts; only for a single replica).
     #[arg(long, env = "OPERATOR_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
@@ -34,7 +46,8 @@ struct Config {
     /// The Lease's namespace (in a pod: its own, from the downward API).
     #[arg(long, env = "OPERATOR_NAMESPACE", default_value = "default")]
     namespace: String,
-    #[arg(long, env = "OPERATOR_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    /// 1s to 10m.
+    #[arg(long, env = "OPERATOR_LEASE_DURATION", default_value = "15s", value_parser = duration(1_000, 600_000))]
     lease_duration: Duration,
     /// This replica's name in the Lease and in events (in a pod: its name).
     #[arg(long, env = "POD_NAME")]
@@ -43,8 +56,16 @@ struct Config {
     log_format: String,
 }
 
-fn parse_duration(raw: &str) -> Result<Duration, String> {
-    operator::plan::duration("duration", raw).map_err(|e| e.to_string())
+/// A duration flag between `min_ms` and `max_ms` milliseconds.
+fn duration(min_ms: u64, max_ms: u64) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync + 'static {
+    move |raw| {
+        let d = relay_channel::duration::parse(raw)?;
+        let (min, max) = (Duration::from_millis(min_ms), Duration::from_millis(max_ms));
+        if d < min || d > max {
+            return Err(format!("{raw:?} is out of range: allowed {min:?} to {max:?}"));
+        }
+        Ok(d)
+    }
 }
 
 #[tokio::main]
@@ -60,8 +81,13 @@ async fn main() -> anyhow::Result<()> {
         builder.init()
     }
 
-    let backends =
-        Backends::connect(&config.nats_url, &config.redis_url).await.context("connecting to NATS and Redis")?;
+    let nats = relay_connect::Nats {
+        urls: config.nats_url.clone(),
+        ca_file: config.nats_ca_file.clone(),
+        creds_file: config.nats_creds_file.clone(),
+    };
+    let redis = relay_connect::Redis { url: config.redis_url.clone(), ca_file: config.redis_ca_file.clone() };
+    let backends = Backends::connect(&nats, &redis).await.context("connecting to NATS and Redis")?;
     let listener = tokio::net::TcpListener::bind(config.admin_listen)
         .await
         .with_context(|| format!("binding {}", config.admin_listen))?;

@@ -151,17 +151,7 @@ pub fn plan_consumer(desired: Option<&consumer::pull::Config>, observed: Option<
 
 /// Parses `30s`, `15m`, `24h`, `250ms`, or a bare number of seconds.
 pub fn duration(field: &'static str, raw: &str) -> Result<Duration, SpecError> {
-    let err = || SpecError::Duration { field, value: raw.to_owned() };
-    let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
-    let (num, unit) = raw.split_at(split);
-    let n: u64 = num.parse().map_err(|_| err())?;
-    Ok(match unit {
-        "ms" => Duration::from_millis(n),
-        "" | "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
-        _ => return Err(err()),
-    })
+    relay_channel::duration::parse(raw).map_err(|_| SpecError::Duration { field, value: raw.to_owned() })
 }
 
 /// Parses `512Mi`, `1Gi`, `10G`, a bare number of bytes, or `-1` (no limit).

@@ -1,4 +1,12 @@
 //! The relay's errors, and the one gRPC status each maps to at the edge.
+//!
+//! What a client reads names the failing part ("message bus unavailable"), never an address or a
+//! backend's own error text: those go to the log (at most once a second per part, with a count of
+//! what was not logged), where an operator can read them.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use tonic::{Code, Status};
 
@@ -18,6 +26,9 @@ pub enum Error {
     /// A dependency (PocketBase, Redis, NATS) failed or is down: the client should retry.
     #[error("{what}: {source}")]
     Unavailable { what: &'static str, source: Box<dyn std::error::Error + Send + Sync> },
+    /// Try again, for a reason the relay words itself (safe to show).
+    #[error("{0}")]
+    Retry(String),
     /// The server is shutting down: reconnect to another replica.
     #[error("relay is shutting down; reconnect")]
     ShuttingDown,
@@ -30,6 +41,20 @@ impl Error {
 }
 
 impl Error {
+    /// A copy of an error shared by several callers (a single-flight lookup's).
+    pub fn to_owned_error(&self) -> Self {
+        match self {
+            Error::Unauthenticated(m) => Error::Unauthenticated(m.clone()),
+            Error::PermissionDenied(m) => Error::PermissionDenied(m.clone()),
+            Error::InvalidArgument(m) => Error::InvalidArgument(m.clone()),
+            Error::NotFound(m) => Error::NotFound(m.clone()),
+            Error::ResourceExhausted(m) => Error::ResourceExhausted(m.clone()),
+            Error::Unavailable { what, source } => Error::unavailable(what, source.to_string()),
+            Error::Retry(m) => Error::Retry(m.clone()),
+            Error::ShuttingDown => Error::ShuttingDown,
+        }
+    }
+
     /// The error a status stands for (for calls answered by another replica).
     pub fn from_status(code: Code, message: String) -> Self {
         match code {
@@ -38,7 +63,7 @@ impl Error {
             Code::InvalidArgument => Error::InvalidArgument(message),
             Code::NotFound => Error::NotFound(message),
             Code::ResourceExhausted => Error::ResourceExhausted(message),
-            _ => Error::unavailable("relay", message),
+            _ => Error::Retry(message),
         }
     }
 }
@@ -57,10 +82,60 @@ impl From<Error> for Status {
             Error::InvalidArgument(_) => Code::InvalidArgument,
             Error::NotFound(_) => Code::NotFound,
             Error::ResourceExhausted(_) => Code::ResourceExhausted,
-            Error::Unavailable { .. } | Error::ShuttingDown => Code::Unavailable,
+            Error::Unavailable { .. } | Error::Retry(_) | Error::ShuttingDown => Code::Unavailable,
         };
-        Status::new(code, e.to_string())
+        let message = match &e {
+            Error::Unavailable { what, source } => {
+                log_unavailable(what, source.as_ref());
+                format!("{} unavailable; retry", part(what))
+            }
+            other => other.to_string(),
+        };
+        Status::new(code, message)
     }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The name a client reads for an internal part.
+fn part(what: &str) -> &'static str {
+    if what.starts_with("redis") || what.starts_with("channel settings") {
+        "history store"
+    } else if what.starts_with("nats") || what.starts_with("jetstream") || what.starts_with("queue") || what == "hub" {
+        "message bus"
+    } else if what.starts_with("authentication") || what.starts_with("pocketbase") {
+        "authentication service"
+    } else {
+        "relay"
+    }
+}
+
+/// Logs a backend failure, at most once a second per part.
+fn log_unavailable(what: &'static str, source: &(dyn std::error::Error + Send + Sync)) {
+    static LAST: Mutex<Option<HashMap<&'static str, (Instant, u64)>>> = Mutex::new(None);
+    let mut last = LAST.lock().expect("log throttle lock");
+    let (at, suppressed) =
+        last.get_or_insert_with(HashMap::new).entry(what).or_insert((Instant::now() - Duration::from_secs(2), 0));
+    if at.elapsed() >= Duration::from_secs(1) {
+        tracing::warn!(part = what, error = %source, suppressed = *suppressed, "backend unavailable");
+        *at = Instant::now();
+        *suppressed = 0;
+    } else {
+        *suppressed += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clients_read_the_part_not_the_backend_detail() {
+        let s = Status::from(Error::unavailable("authentication service", "calling http://10.0.0.5:8090/api: refused"));
+        assert_eq!((s.code(), s.message()), (Code::Unavailable, "authentication service unavailable; retry"));
+        let s = Status::from(Error::unavailable("redis", "Connection refused (os error 111) at 10.1.2.3:6379"));
+        assert_eq!(s.message(), "history store unavailable; retry");
+        assert_eq!(Status::from(Error::unavailable("jetstream ack", "x")).message(), "message bus unavailable; retry");
+        assert_eq!(Status::from(Error::Retry("stored as seq 3".into())).message(), "stored as seq 3");
+    }
+}

@@ -62,6 +62,27 @@ pub struct Relay {
     pub shutdown: CancellationToken,
 }
 
+impl Relay {
+    /// Verifies the caller of a request (its `authorization` metadata).
+    pub async fn authenticate<T>(&self, req: &tonic::Request<T>) -> error::Result<auth::Caller> {
+        self.verifier.caller(req, self.peer(req)).await
+    }
+
+    /// The client's address: from `--client-ip-header` when set (the last entry of a list), else
+    /// the TCP peer.
+    pub fn peer<T>(&self, req: &tonic::Request<T>) -> Option<std::net::IpAddr> {
+        match &self.config.client_ip_header {
+            Some(header) => req
+                .metadata()
+                .get(header.as_str())
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.rsplit(',').next())
+                .and_then(|v| v.trim().parse().ok()),
+            None => req.remote_addr().map(|a| a.ip()),
+        }
+    }
+}
+
 /// Unix time in nanoseconds.
 pub fn now_nanos() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)

@@ -1,65 +1,64 @@
-//! Publish rate limits: one token bucket per (channel, user) on this replica, shared by all of that
-//! user's connections here.
+//! Publish rate limits: `limits.publishPerSecondPerUser` per user on each declared channel (a
+//! `RelayChannel` and all its sub-channels share one allowance, so `chat.<random>` is no way
+//! around it), on this replica (with R replicas a user spread over all of them gets up to R times
+//! the rate). GCRA buckets from `governor`, bounded: idle users are forgotten.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::Instant;
+use std::num::NonZeroU32;
+use std::sync::Arc;
 
-/// Above this many buckets, full (idle) ones are swept: a full bucket is the same as no bucket.
-const SWEEP_ABOVE: usize = 50_000;
+use governor::{DefaultKeyedRateLimiter, Quota};
 
-#[derive(Default)]
+/// Declared channels whose limiters are kept at most.
+const CHANNELS: u64 = 10_000;
+/// Users tracked per channel before idle ones are forgotten.
+const USERS: usize = 50_000;
+
 pub struct RateLimiter {
-    buckets: Mutex<HashMap<(String, String), Bucket>>,
+    /// declared channel -> (rate, its per-user limiter).
+    channels: moka::sync::Cache<String, Arc<(u32, DefaultKeyedRateLimiter<String>)>>,
 }
 
-struct Bucket {
-    tokens: f64,
-    at: Instant,
+impl Default for RateLimiter {
+    fn default() -> Self {
+        Self { channels: moka::sync::Cache::new(CHANNELS) }
+    }
 }
 
 impl RateLimiter {
-    /// Takes one token for `user` on `channel` at `per_second` (burst of one second's worth).
-    /// Returns false when the bucket is empty. `per_second == 0` means no limit.
-    pub fn allow(&self, channel: &str, user: &str, per_second: u32, now: Instant) -> bool {
-        if per_second == 0 {
-            return true;
+    /// Takes one publish for `user` on the channel `declared_by` governs, at `per_second` (a burst
+    /// of one second's worth). False when the user is over it. `per_second == 0`: no limit.
+    pub fn allow(&self, declared_by: &str, user: &str, per_second: u32) -> bool {
+        let Some(rate) = NonZeroU32::new(per_second) else { return true };
+        let mut limiter = self.channels.get_with(declared_by.to_owned(), || {
+            Arc::new((per_second, governor::RateLimiter::keyed(Quota::per_second(rate))))
+        });
+        if limiter.0 != per_second {
+            // The channel's limit changed: start over with the new one.
+            limiter = Arc::new((per_second, governor::RateLimiter::keyed(Quota::per_second(rate))));
+            self.channels.insert(declared_by.to_owned(), limiter.clone());
         }
-        let rate = f64::from(per_second);
-        let mut buckets = self.buckets.lock().expect("rate limiter lock");
-        if buckets.len() > SWEEP_ABOVE {
-            buckets.retain(|_, b| b.tokens + now.duration_since(b.at).as_secs_f64() * rate < rate);
+        if limiter.1.len() > USERS {
+            limiter.1.retain_recent();
         }
-        let b = buckets.entry((channel.to_owned(), user.to_owned())).or_insert(Bucket { tokens: rate, at: now });
-        b.tokens = (b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * rate).min(rate);
-        b.at = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        limiter.1.check_key(&user.to_owned()).is_ok()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
-    fn bucket_allows_a_burst_then_refills() {
+    fn a_user_gets_a_burst_per_declared_channel_then_is_refused() {
         let r = RateLimiter::default();
-        let t0 = Instant::now();
-        let allowed = (0..10).filter(|_| r.allow("c", "u", 5, t0)).count();
+        let allowed = (0..10).filter(|_| r.allow("chat", "u", 5)).count();
         assert_eq!(allowed, 5);
-        assert!(!r.allow("c", "u", 5, t0));
-        // Another user and another channel have their own buckets.
-        assert!(r.allow("c", "v", 5, t0));
-        assert!(r.allow("d", "u", 5, t0));
-        // 200ms at 5/s is one token.
-        assert!(r.allow("c", "u", 5, t0 + Duration::from_millis(200)));
-        assert!(!r.allow("c", "u", 5, t0 + Duration::from_millis(200)));
-        assert!(r.allow("c", "u", 0, t0), "0 means unlimited");
+        assert!(!r.allow("chat", "u", 5));
+        // Another user and another declared channel have their own allowance.
+        assert!(r.allow("chat", "v", 5));
+        assert!(r.allow("news", "u", 5));
+        assert!(r.allow("chat", "u", 0), "0 means unlimited");
+        // A changed limit applies at once.
+        assert!(r.allow("chat", "u", 50));
     }
 }

@@ -49,41 +49,42 @@ fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
 /// Connects to NATS and Redis (both lazily: the relay starts, not ready, while they are down) and
 /// builds the shared state.
 pub async fn connect(config: Config) -> anyhow::Result<Arc<Relay>> {
-    let store = store::Store::new(&config.redis_url)?;
+    let store = store::Store::new(config.redis().client()?)?;
     let (reconnected, _) = broadcast::channel(16);
     let events = reconnected.clone();
     let generation = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let counter = generation.clone();
-    let nats = async_nats::ConnectOptions::new()
-        .name("relay")
-        .retry_on_initial_connect()
-        .max_reconnects(None)
-        .event_callback(move |event| {
-            let (events, counter) = (events.clone(), counter.clone());
-            async move {
-                tracing::info!(%event, "nats");
-                bus::Bus::on_event(&counter, &event);
-                if matches!(event, async_nats::Event::Connected) {
-                    let _ = events.send(());
-                }
+    let nats_settings = config.nats();
+    let options = nats_settings.options("relay").await?.event_callback(move |event| {
+        let (events, counter) = (events.clone(), counter.clone());
+        async move {
+            tracing::info!(%event, "nats");
+            bus::Bus::on_event(&counter, &event);
+            if matches!(event, async_nats::Event::Connected) {
+                let _ = events.send(());
             }
-        })
-        .connect(&config.nats_url)
-        .await
-        .with_context(|| format!("connecting to NATS at {}", config.nats_url))?;
+        }
+    });
+    let nats = nats_settings.connect(options).await?;
+    let http = relay_connect::http(config.pocketbase_ca_file.as_deref(), config.pocketbase_timeout)?;
     let verifier = auth::Verifier::new(
+        http,
         &config.pocketbase_url,
         &config.pocketbase_collection,
-        config.auth_cache_ttl,
-        config.pocketbase_timeout,
-    )?;
+        auth::Limits {
+            ttl: config.auth_cache_ttl,
+            timeout: config.pocketbase_timeout,
+            cache_size: config.auth_cache_size,
+            misses_per_second: config.unverified_tokens_per_second,
+        },
+    );
     let bus = bus::Bus::new(nats.clone(), generation);
     Ok(Arc::new(Relay {
         settings: settings::SettingsCache::new(store.clone(), config.settings_ttl, config.undeclared_channels),
         hub: hub::Hub::new(bus.clone(), store.clone(), reconnected.clone()),
         jetstream: async_nats::jetstream::new(nats),
         rate: rate::RateLimiter::default(),
-        streams: streams::Streams::new(config.max_streams_per_user),
+        streams: streams::Streams::new(config.max_streams_per_user as usize),
         republish: republish::Republisher::default(),
         shutdown: CancellationToken::new(),
         reconnected,
@@ -194,8 +195,9 @@ async fn follow_settings_changes(relay: Arc<Relay>) {
         }
     };
     while let Some(msg) = sub.next().await {
-        tracing::info!(channel = %String::from_utf8_lossy(&msg.payload), "channel settings changed");
-        relay.settings.invalidate();
+        let name = String::from_utf8_lossy(&msg.payload);
+        tracing::info!(channel = %name, "channel settings changed");
+        relay.settings.invalidate(&name);
     }
 }
 

@@ -1,15 +1,25 @@
 //! Channel settings as relays see them: read from `relay:{<name>}:config` (written by the operator),
-//! cached for a TTL, and dropped from the cache at once when the operator announces a change on NATS.
+//! cached for a TTL in a bounded cache, and dropped from the cache at once when the operator
+//! announces a change on NATS (open streams then check their access again).
+//!
+//! Concurrent lookups of one channel share one Redis read. Entries are keyed by an invalidation
+//! generation: a load that was under way when a change was announced lands under the old
+//! generation, where no lookup finds it (it may have read the old rules, and caching them would
+//! put them back for a whole TTL).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use relay_channel::{ChannelId, ChannelSettings, names};
+use tokio::sync::broadcast;
 
 use crate::config::Undeclared;
 use crate::error::{Error, Result};
 use crate::store::Store;
+
+/// Channel ids whose settings are cached at most (junk sub-channel names cannot grow it further).
+const CACHED_CHANNELS: u64 = 100_000;
 
 /// The settings that govern one channel id.
 #[derive(Debug, PartialEq)]
@@ -24,32 +34,40 @@ pub struct Governed {
 
 pub struct SettingsCache {
     store: Store,
-    ttl: Duration,
     undeclared: Undeclared,
-    cache: Mutex<HashMap<ChannelId, (Instant, Arc<Governed>)>>,
+    cache: moka::future::Cache<(u64, ChannelId), Arc<Governed>>,
+    /// Bumped by every invalidation.
+    generation: AtomicU64,
+    /// Announced changes (the channel name the operator sent), for open streams.
+    changed: broadcast::Sender<String>,
 }
 
 impl SettingsCache {
     pub fn new(store: Store, ttl: Duration, undeclared: Undeclared) -> Self {
-        Self { store, ttl, undeclared, cache: Mutex::new(HashMap::new()) }
+        let cache = moka::future::Cache::builder().max_capacity(CACHED_CHANNELS).time_to_live(ttl).build();
+        Self { store, undeclared, cache, generation: AtomicU64::new(0), changed: broadcast::channel(256).0 }
     }
 
     /// The settings governing `channel`: those of the longest declared prefix (`chat` governs
     /// `chat.room1`); NOT_FOUND when none is declared and undeclared channels are denied.
     pub async fn get(&self, channel: &ChannelId) -> Result<Arc<Governed>> {
-        if let Some((at, g)) = self.cache.lock().expect("settings lock").get(channel)
-            && at.elapsed() < self.ttl
-        {
-            return Ok(g.clone());
-        }
-        let governed = Arc::new(self.load(channel).await?);
-        self.cache.lock().expect("settings lock").insert(channel.clone(), (Instant::now(), governed.clone()));
-        Ok(governed)
+        let key = (self.generation.load(Ordering::SeqCst), channel.clone());
+        self.cache
+            .try_get_with(key, async { self.load(channel).await.map(Arc::new) })
+            .await
+            .map_err(|e| e.to_owned_error())
     }
 
-    /// Forgets everything: called when the operator announces a change.
-    pub fn invalidate(&self) {
-        self.cache.lock().expect("settings lock").clear();
+    /// Forgets everything and tells open streams: called when the operator announces a change.
+    pub fn invalidate(&self, announced: &str) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.cache.invalidate_all();
+        let _ = self.changed.send(announced.to_owned());
+    }
+
+    /// Announced changes, for a stream that must check its access again.
+    pub fn changes(&self) -> broadcast::Receiver<String> {
+        self.changed.subscribe()
     }
 
     async fn load(&self, channel: &ChannelId) -> Result<Governed> {
@@ -58,8 +76,7 @@ impl SettingsCache {
         for c in &candidates {
             pipe.get(names::settings_key(c));
         }
-        let mut conn = self.store.connection();
-        let found: Vec<Option<String>> = pipe.query_async(&mut conn).await?;
+        let found: Vec<Option<String>> = self.store.query(pipe).await?;
         for (name, raw) in candidates.iter().zip(found) {
             if let Some(raw) = raw {
                 let settings = ChannelSettings::from_json(&raw).map_err(|e| {

@@ -33,3 +33,18 @@ fn relayctl_without_a_token_says_how_to_get_one() {
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("error:"), "{err}");
 }
+
+#[test]
+fn values_out_of_range_stop_the_relay_before_it_listens() {
+    for (flag, value) in
+        [("--heartbeat", "0s"), ("--stream-buffer", "0"), ("--auth-cache-ttl", "99999999999999999999h")]
+    {
+        let out = Command::new(env!("CARGO_BIN_EXE_relay"))
+            .args([flag, value, "--listen", "127.0.0.1:9", "--admin-listen", "127.0.0.1:9"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(flag), "{flag} {value}: {err}");
+    }
+}

@@ -12,7 +12,9 @@ mod servers;
 
 pub use client::{Client, Event, Sub, at};
 pub use relay::proto::cursor::Position;
-pub use servers::{Nats, OperatorProc, PocketBase, Redis, RelayProc, Server, Stack, StackOptions, TestUser};
+pub use servers::{
+    Nats, OperatorProc, PocketBase, Redis, RelayProc, Server, Stack, StackOptions, TestUser, relay_binary,
+};
 
 use std::net::TcpListener;
 use std::time::Duration;

@@ -289,6 +289,31 @@ impl PocketBase {
         reply["token"].as_str().expect("token").to_owned()
     }
 
+    /// Deletes the user's record: PocketBase then refuses its tokens.
+    pub async fn delete_user(&self, user: &TestUser) {
+        let reply = self
+            .http
+            .delete(format!("{}/api/collections/users/records/{}", self.url(), user.id))
+            .header("Authorization", &self.admin_token)
+            .send()
+            .await
+            .expect("pocketbase delete");
+        assert!(reply.status().is_success(), "deleting a user: {}", reply.status());
+    }
+
+    /// How long tokens of the users collection live from now on (PocketBase's default: 7 days).
+    pub async fn set_token_duration(&self, secs: u64) {
+        let reply = self
+            .http
+            .patch(format!("{}/api/collections/users", self.url()))
+            .header("Authorization", &self.admin_token)
+            .json(&serde_json::json!({"authToken": {"duration": secs}}))
+            .send()
+            .await
+            .expect("pocketbase patch collection");
+        assert!(reply.status().is_success(), "setting the token duration: {}", reply.status());
+    }
+
     /// Changes the user's password: PocketBase then refuses every token issued before.
     pub async fn revoke_tokens(&self, user: &TestUser) {
         let password = format!("{}-rotated", user.password);
@@ -444,8 +469,16 @@ impl Stack {
         .collect();
         env.extend(self.options.env.iter().cloned());
         let proc = RelayProc::spawn(&env, &log);
-        let relay = RelayProc { grpc_port, admin_port, proc, env, log };
-        eventually(Duration::from_secs(20), "relay ready", || relay.ready()).await;
+        let mut relay = RelayProc { grpc_port, admin_port, proc, env, log };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while !relay.ready().await {
+            if let Some(status) = relay.exited() {
+                let log = std::fs::read_to_string(&relay.log).unwrap_or_default();
+                panic!("the relay exited ({status}) before it was ready:\n{log}");
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the relay was not ready within 20s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         relay
     }
 
@@ -471,7 +504,9 @@ impl Stack {
     pub async fn declare_spec(&self, name: &str, spec: serde_json::Value) -> operator::backends::Outcome {
         let spec: operator::crd::RelayChannelSpec = serde_json::from_value(spec).expect("a RelayChannel spec");
         let desired = operator::plan::desired(name, &spec).expect("a valid spec");
-        let backends = operator::backends::Backends::connect(&self.nats.url(), &self.redis.url()).await.unwrap();
+        let nats = relay_connect::Nats { urls: self.nats.url(), ..Default::default() };
+        let redis = relay_connect::Redis { url: self.redis.url(), ca_file: None };
+        let backends = operator::backends::Backends::connect(&nats, &redis).await.unwrap();
         backends.apply(name, &format!("test/{name}"), &desired).await.expect("operator apply")
     }
 
@@ -523,7 +558,7 @@ fn newest(dir: &Path) -> Option<(std::time::SystemTime, PathBuf)> {
     best
 }
 
-fn relay_binary() -> PathBuf {
+pub fn relay_binary() -> PathBuf {
     workspace_binary("relay")
 }
 

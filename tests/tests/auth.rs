@@ -8,8 +8,7 @@ use tonic::Code;
 
 #[tokio::test]
 async fn missing_garbage_and_revoked_tokens_are_unauthenticated() {
-    let stack =
-        Stack::with(StackOptions { relays: 1, ..Default::default() }.env("RELAY_AUTH_CACHE_TTL", "300ms")).await;
+    let stack = Stack::with(StackOptions { relays: 1, ..Default::default() }.env("RELAY_AUTH_CACHE_TTL", "1s")).await;
     let alice = stack.pocketbase.create_user("alice").await;
     let mut c = stack.client(0).await;
     let ch = unique("auth");
@@ -54,7 +53,7 @@ async fn pocketbase_down_is_unavailable_and_service_resumes_when_it_returns() {
     // Bob's token was never checked: it cannot be verified now, and it must not be called invalid.
     let e = c.publish(&bob.token, &ch, "hi").await.unwrap_err();
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");
-    assert!(e.message().contains("pocketbase"), "{}", e.message());
+    assert_eq!(e.message(), "authentication service unavailable; retry");
     // Alice's answer is cached: she keeps working through the outage.
     c.publish(&alice.token, &ch, "still cached").await.unwrap();
 

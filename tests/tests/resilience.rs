@@ -212,7 +212,7 @@ async fn a_cursor_older_than_retention_is_reported_not_skipped() {
 
 #[tokio::test]
 async fn a_slow_consumer_is_cut_off_with_resource_exhausted() {
-    let stack = Stack::with(StackOptions { relays: 1, ..Default::default() }.env("RELAY_STREAM_BUFFER", "8")).await;
+    let stack = Stack::with(StackOptions { relays: 1, ..Default::default() }.env("RELAY_STREAM_BUFFER", "16")).await;
     let (alice, bob) = (stack.pocketbase.create_user("alice").await, stack.pocketbase.create_user("bob").await);
     let ch = unique("firehose");
     let mut settings = ChannelSettings::default();

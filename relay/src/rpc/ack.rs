@@ -12,7 +12,7 @@ use crate::route::{self, Call};
 const MAX_SEQS: usize = 1024;
 
 pub async fn ack(relay: &Relay, req: Request<AckRequest>) -> Result<AckResponse> {
-    let user = relay.verifier.verify_metadata(req.metadata()).await?;
+    let user = relay.authenticate(&req).await?.user;
     let req = req.into_inner();
     let channel = super::channel_id(&req.channelid)?;
     if req.seqs.is_empty() {

@@ -13,7 +13,7 @@ const DEFAULT_LIMIT: u32 = 100;
 const MAX_LIMIT: u32 = 1000;
 
 pub async fn history(relay: &Relay, req: Request<HistoryRequest>) -> Result<HistoryResponse> {
-    let user = relay.verifier.verify_metadata(req.metadata()).await?;
+    let user = relay.authenticate(&req).await?.user;
     let req = req.into_inner();
     let channel = super::channel_id(&req.channelid)?;
     let cursor = super::cursor(req.cursor.as_ref())?;

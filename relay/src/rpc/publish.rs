@@ -20,7 +20,7 @@ const IDLE_TTL: u64 = 7 * 24 * 3600;
 
 pub async fn publish(relay: &Relay, req: Request<PublishRequest>) -> Result<PublishResponse> {
     let started = Instant::now();
-    let user = relay.verifier.verify_metadata(req.metadata()).await?;
+    let user = relay.authenticate(&req).await?.user;
     let req = req.into_inner();
     let channel = super::channel_id(&req.channelid)?;
     let governed = relay.settings.get(&channel).await?;
@@ -29,7 +29,7 @@ pub async fn publish(relay: &Relay, req: Request<PublishRequest>) -> Result<Publ
         return Err(Error::PermissionDenied(format!("user {} may not publish to {channel}", user.id)));
     }
     validate(&req, settings.limits.max_message_bytes)?;
-    if !relay.rate.allow(channel.as_str(), &user.id, settings.limits.publish_per_second_per_user, Instant::now()) {
+    if !relay.rate.allow(&governed.declared_by, &user.id, settings.limits.publish_per_second_per_user) {
         return Err(Error::ResourceExhausted(format!(
             "rate limit: at most {} publishes per second per user on {}",
             settings.limits.publish_per_second_per_user, governed.declared_by
@@ -58,12 +58,12 @@ pub async fn publish(relay: &Relay, req: Request<PublishRequest>) -> Result<Publ
     let message = appended.message;
     let jetstream = settings.stream.is_some();
     if let Err(e) = republish::publish(&relay.bus, &message, jetstream).await {
+        tracing::debug!(channel = %channel, seq = message.seq, error = %e, "stored but not published; publishing again in the background");
         let seq = message.seq;
         relay.republish.push(message, jetstream);
-        return Err(Error::unavailable(
-            "publish",
-            format!("stored as seq {seq} but not yet on NATS ({e}); retry with the same idempotency key"),
-        ));
+        return Err(Error::Retry(format!(
+            "stored as seq {seq} but not yet delivered (message bus unavailable); retry with the same idempotency key"
+        )));
     }
     crate::metrics::observe_publish(started.elapsed());
     Ok(PublishResponse { message: Some(message.into()) })

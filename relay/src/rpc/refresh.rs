@@ -9,7 +9,7 @@ use crate::proto::{RefreshTokenRequest, RefreshTokenResponse};
 use crate::route::{self, Call};
 
 pub async fn refresh_token(relay: &Relay, req: Request<RefreshTokenRequest>) -> Result<RefreshTokenResponse> {
-    let caller = relay.verifier.caller(req.metadata()).await?;
+    let caller = relay.authenticate(&req).await?;
     let stream = req.into_inner().stream_id;
     let call =
         Call::Refresh { stream: stream.clone(), user: caller.user.id, token: caller.token, expires: caller.expires };

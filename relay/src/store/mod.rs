@@ -130,8 +130,7 @@ type ReadReply = (Vec<String>, u64, String, Vec<Entry>);
 
 impl Store {
     /// Connects lazily: the relay starts (not ready) while Redis is down.
-    pub fn new(url: &str) -> Result<Self> {
-        let client = redis::Client::open(url).map_err(|e| Error::unavailable("redis url", e))?;
+    pub fn new(client: redis::Client) -> Result<Self> {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Duration::from_secs(3)))
@@ -146,8 +145,10 @@ impl Store {
         })
     }
 
-    pub fn connection(&self) -> ConnectionManager {
-        self.conn.clone()
+    /// Runs a pipeline, with the same deadline as every Redis call.
+    pub async fn query<T: redis::FromRedisValue>(&self, pipe: redis::Pipeline) -> Result<T> {
+        let mut conn = self.conn.clone();
+        bounded(pipe.query_async(&mut conn)).await
     }
 
     pub async fn ping(&self) -> Result<()> {

@@ -289,11 +289,8 @@ mod tests {
     }
 
     fn history(published: Vec<Published>, events: Vec<Seen>, mode: Mode) -> History {
-        let mut h = History {
-            attempted: published.iter().map(|p| p.key.clone()).collect(),
-            published,
-            ..Default::default()
-        };
+        let mut h =
+            History { attempted: published.iter().map(|p| p.key.clone()).collect(), published, ..Default::default() };
         let mut all = vec![Seen::Start { relay: 0, cursor: None }];
         all.extend(events);
         h.subscribers.push(Subscriber {

@@ -45,6 +45,7 @@ const MAX_CHANNELS: usize = 64;
 /// One channel of a stream, checked and subscribed.
 struct Joined {
     channel: ChannelId,
+    delivery: Delivery,
     resume: Option<Resume>,
     max_age: Duration,
     live: Live,
@@ -65,7 +66,7 @@ pub async fn subscribe(relay: Arc<Relay>, req: Request<SubscribeRequest>) -> Res
     if relay.shutdown.is_cancelled() {
         return Err(Error::ShuttingDown);
     }
-    let caller = relay.verifier.caller(req.metadata()).await?;
+    let caller = relay.authenticate(&req).await?;
     let req = req.into_inner();
     if req.channels.is_empty() {
         return Err(Error::InvalidArgument("subscribe to at least one channel".into()));
@@ -87,8 +88,9 @@ pub async fn subscribe(relay: Arc<Relay>, req: Request<SubscribeRequest>) -> Res
     for (channel, resume) in wanted {
         joined.push(join(&relay, &caller.user, &stream, channel, resume).await?);
     }
+    let held: Vec<(ChannelId, Delivery)> = joined.iter().map(|j| (j.channel.clone(), j.delivery)).collect();
 
-    let (outbox, response) = Outbox::new(relay.config.stream_buffer);
+    let (outbox, response) = Outbox::new(relay.config.stream_buffer as usize);
     let started = StreamStarted { stream_id: stream.id.clone(), token_expires: caller.expires };
     outbox.offer(event(Event::Started(started))).map_err(|Closed| Error::ResourceExhausted("stream closed".into()))?;
     let streams = crate::metrics::streams();
@@ -103,9 +105,8 @@ pub async fn subscribe(relay: Arc<Relay>, req: Request<SubscribeRequest>) -> Res
             }
         });
     }
-    let heartbeat = relay.config.heartbeat;
     tokio::spawn(async move {
-        watch(&relay, &outbox, heartbeat).await;
+        watch(&relay, &outbox, &stream, &held).await;
         // The stream stays registered (for Ack and RefreshToken) until here.
         drop(stream);
         streams.dec();
@@ -142,20 +143,34 @@ async fn join(
         // A queue channel without JetStream (undeclared, in development): at most once.
         Delivery::Queue => Live::Share(relay.bus.subscribe(subject, Some(names::QUEUE_GROUP.to_owned())).await?),
     };
-    Ok(Joined { channel, resume, max_age: Duration::from_secs(settings.history.max_age_secs), live })
+    let max_age = Duration::from_secs(settings.history.max_age_secs);
+    Ok(Joined { channel, delivery: settings.delivery, resume, max_age, live })
 }
 
-/// Heartbeats on an idle stream, and the end of the stream on shutdown.
-async fn watch(relay: &Relay, outbox: &Outbox, every: Duration) {
-    let mut tick = tokio::time::interval(every);
+/// How soon a check that could not be made (PocketBase or Redis unreachable) is tried again.
+const RECHECK_RETRY: Duration = Duration::from_secs(5);
+
+/// Keeps a stream honest while it lasts: heartbeats on an idle stream, its end on shutdown, its
+/// token verified again at the earlier of its `exp` and `--auth-cache-ttl` (a refreshed token
+/// moves that), and its access checked again whenever a channel's settings change. A stream whose
+/// user may no longer read ends with UNAUTHENTICATED, PERMISSION_DENIED or NOT_FOUND, saying why;
+/// an outage of PocketBase or Redis does not end it (the check is tried again).
+async fn watch(relay: &Relay, outbox: &Outbox, stream: &Stream, held: &[(ChannelId, Delivery)]) {
+    let mut tick = tokio::time::interval(relay.config.heartbeat);
     tick.tick().await;
+    let mut changes = relay.settings.changes();
+    let mut token_check = next_token_check(relay, stream);
+    let mut access_check: Option<tokio::time::Instant> = None;
     loop {
-        tokio::select! {
-            _ = outbox.done() => return,
-            _ = relay.shutdown.cancelled() => {
-                outbox.end(Error::ShuttingDown.into());
-                return;
+        let access_due = async {
+            match access_check {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
             }
+        };
+        let ended = tokio::select! {
+            _ = outbox.done() => return,
+            _ = relay.shutdown.cancelled() => Some(Error::ShuttingDown),
             _ = tick.tick() => {
                 if !outbox.take_busy() {
                     let beat = event(Event::Heartbeat(Heartbeat { ts: crate::now_nanos() }));
@@ -163,9 +178,74 @@ async fn watch(relay: &Relay, outbox: &Outbox, every: Duration) {
                         return;
                     }
                 }
+                None
             }
+            _ = stream.refreshed.notified() => {
+                token_check = next_token_check(relay, stream);
+                None
+            }
+            _ = tokio::time::sleep_until(token_check) => match relay.verifier.verify(&stream.token(), None).await {
+                Ok(user) if user.id == stream.user => {
+                    token_check = next_token_check(relay, stream);
+                    None
+                }
+                Ok(_) => Some(Error::Unauthenticated("the stream's token now names another user".into())),
+                Err(Error::Unauthenticated(why)) => Some(Error::Unauthenticated(format!(
+                    "stream ended: {why} (refresh the token with RefreshToken before it expires)"
+                ))),
+                Err(_) => {
+                    token_check = tokio::time::Instant::now() + RECHECK_RETRY;
+                    None
+                }
+            },
+            change = changes.recv() => {
+                // Every announcement (or a lagged receiver) may concern one of these channels.
+                let _ = change;
+                access_check = Some(tokio::time::Instant::now());
+                None
+            }
+            _ = access_due => match still_allowed(relay, &stream.user, held).await {
+                Ok(()) => {
+                    access_check = None;
+                    None
+                }
+                Err(e @ (Error::PermissionDenied(_) | Error::NotFound(_) | Error::Retry(_))) => Some(e),
+                Err(_) => {
+                    access_check = Some(tokio::time::Instant::now() + RECHECK_RETRY);
+                    None
+                }
+            },
+        };
+        if let Some(e) = ended {
+            outbox.end(e.into());
+            return;
         }
     }
+}
+
+/// When the stream's token must be checked again: at the earlier of its expiry and the auth TTL.
+fn next_token_check(relay: &Relay, stream: &Stream) -> tokio::time::Instant {
+    let left = Duration::from_secs((stream.expires() - crate::now_nanos() / 1_000_000_000).max(0) as u64);
+    tokio::time::Instant::now() + relay.config.auth_cache_ttl.min(left)
+}
+
+/// Whether `user` may still read every channel of the stream as it was joined.
+async fn still_allowed(relay: &Relay, user: &str, held: &[(ChannelId, Delivery)]) -> Result<()> {
+    for (channel, delivery) in held {
+        let governed = relay.settings.get(channel).await.map_err(|e| match e {
+            Error::NotFound(_) => Error::NotFound(format!("stream ended: channel {channel} is no longer declared")),
+            other => other,
+        })?;
+        if !governed.settings.access.subscribe.allows(user, channel) {
+            return Err(Error::PermissionDenied(format!(
+                "stream ended: user {user} may no longer subscribe to {channel}"
+            )));
+        }
+        if governed.settings.delivery != *delivery {
+            return Err(Error::Retry(format!("stream ended: the delivery of {channel} changed; subscribe again")));
+        }
+    }
+    Ok(())
 }
 
 /// One channel of a stream: recovery marker, history, then live messages until the stream ends.

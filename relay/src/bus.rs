@@ -32,6 +32,8 @@ pub struct Bus {
     /// what was sent before.
     generation: Arc<AtomicU64>,
     rounds: Arc<Rounds>,
+    /// Why connecting fails, when the relay could find out (a TLS certificate refused).
+    problem: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 struct Rounds {
@@ -49,7 +51,30 @@ impl Bus {
         let rounds =
             Arc::new(Rounds { next: std::sync::Mutex::new(1), wake: Notify::new(), done: watch::channel((0, 0)).0 });
         tokio::spawn(run_rounds(client.clone(), rounds.clone()));
-        Self { client, generation, rounds }
+        Self { client, generation, rounds, problem: Arc::default() }
+    }
+
+    /// Why connecting fails, if known.
+    pub fn problem(&self) -> Option<String> {
+        self.problem.lock().expect("bus lock").clone()
+    }
+
+    /// Looks into why NATS stays away while it does (async-nats says only "IO error"): a TLS
+    /// handshake with the configured CA, every few seconds, logged when the reason changes.
+    pub async fn diagnose(&self, settings: relay_connect::Nats) {
+        loop {
+            let problem = if self.connected() { None } else { settings.diagnose_tls().await };
+            let changed = {
+                let mut current = self.problem.lock().expect("bus lock");
+                let changed = *current != problem;
+                current.clone_from(&problem);
+                changed
+            };
+            if let (true, Some(p)) = (changed, &problem) {
+                tracing::error!(problem = %p, "cannot connect to NATS");
+            }
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
     }
 
     /// For the client's event callback: counts connects and disconnects.

@@ -100,6 +100,10 @@ pub async fn connect(config: Config) -> anyhow::Result<Arc<Relay>> {
 pub async fn serve(relay: Arc<Relay>, listeners: Listeners, signal: impl Future<Output = ()>) -> anyhow::Result<()> {
     tokio::spawn(follow_settings_changes(relay.clone()));
     tokio::spawn(route::serve(relay.clone()));
+    if relay.config.nats_ca_file.is_some() {
+        let (bus, settings) = (relay.bus.clone(), relay.config.nats());
+        tokio::spawn(async move { bus.diagnose(settings).await });
+    }
     let republisher = relay.clone();
     tokio::spawn(async move { republisher.republish.run(republisher.bus.clone()).await });
     let admin = tokio::spawn(serve_admin(relay.clone(), listeners.admin));
@@ -213,15 +217,36 @@ async fn serve_admin(relay: Arc<Relay>, listener: TcpListener) -> anyhow::Result
 
 /// Ready while not shutting down and both NATS and Redis answer.
 async fn ready(State(relay): State<Arc<Relay>>) -> (StatusCode, String) {
+    let verdict = readiness(&relay).await;
+    // Say it in the log when readiness changes, with the reason (a probe repeats every few seconds).
+    static LAST: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+    let mut last = LAST.lock().expect("readiness lock");
+    let reason = verdict.as_ref().err().cloned().unwrap_or_else(|| "ready".into());
+    if last.as_deref() != Some(reason.as_str()) {
+        match &verdict {
+            Ok(()) => tracing::info!("ready"),
+            Err(why) => tracing::warn!(reason = %why, "not ready"),
+        }
+        *last = Some(reason.clone());
+    }
+    match verdict {
+        Ok(()) => (StatusCode::OK, "ready".into()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
+    }
+}
+
+/// Ready while not shutting down and both NATS and Redis answer; Err says which is not.
+async fn readiness(relay: &Relay) -> Result<(), String> {
     if relay.shutdown.is_cancelled() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down".into());
+        return Err("shutting down".into());
     }
     if !relay.bus.connected() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "nats: not connected".into());
+        let why = relay.bus.problem().map(|p| format!(": {p}")).unwrap_or_default();
+        return Err(format!("nats: not connected to {}{why}", relay_connect::redact(&relay.config.nats_url)));
     }
     match tokio::time::timeout(Duration::from_secs(1), relay.store.ping()).await {
-        Ok(Ok(())) => (StatusCode::OK, "ready".into()),
-        Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("redis: {e}")),
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "redis: no answer within 1s".into()),
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("redis at {}: {e}", relay_connect::redact(&relay.config.redis_url))),
+        Err(_) => Err("redis: no answer within 1s".into()),
     }
 }

@@ -13,7 +13,8 @@ mod servers;
 pub use client::{Client, Event, Sub, at};
 pub use relay::proto::cursor::Position;
 pub use servers::{
-    Nats, OperatorProc, PocketBase, Redis, RelayProc, Server, Stack, StackOptions, TestUser, relay_binary,
+    Nats, OperatorProc, Pki, PocketBase, Redis, RelayProc, Server, Stack, StackOptions, TestUser, TlsProxy,
+    relay_binary,
 };
 
 use std::net::TcpListener;

@@ -147,6 +147,41 @@ fn rendered_objects_wire_probes_ports_settings_and_least_privilege() {
     assert_eq!(env_of(&op["containers"][0])["OPERATOR_LEASE_NAME"]["value"], "rel-relay-operator");
 }
 
+#[test]
+fn tls_cas_and_nats_credentials_come_from_secrets() {
+    let (yaml, docs) = render(&["-f", "examples/values-production.yaml"]);
+    for (deployment, prefix, backends) in
+        [("rel-relay", "RELAY", &["nats", "redis", "pocketbase"][..]), ("rel-relay-operator", "OPERATOR", &["nats", "redis"][..])]
+    {
+        let spec = &find(&docs, "Deployment", deployment)["spec"]["template"]["spec"];
+        let c = &spec["containers"][0];
+        let env = env_of(c);
+        let mounts: Vec<&str> = c["volumeMounts"].as_array().unwrap().iter().map(|m| m["mountPath"].as_str().unwrap()).collect();
+        let volumes: Vec<(&str, &str)> = spec["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| (v["name"].as_str().unwrap(), v["secret"]["secretName"].as_str().unwrap()))
+            .collect();
+        for backend in backends {
+            let var = format!("{prefix}_{}_CA_FILE", backend.to_uppercase());
+            assert_eq!(env[&var]["value"], format!("/etc/relay/{backend}-ca/ca.crt"), "{deployment} {var}");
+            assert!(mounts.contains(&format!("/etc/relay/{backend}-ca").as_str()), "{deployment}: {mounts:?}");
+            assert!(volumes.contains(&(format!("{backend}-ca").as_str(), "relay-backends-ca")), "{deployment}: {volumes:?}");
+        }
+        assert_eq!(env[&format!("{prefix}_NATS_CREDS_FILE")]["value"], "/etc/relay/nats-creds/nats.creds");
+        assert!(volumes.contains(&("nats-creds", "relay-nats-creds")));
+        assert!(c["volumeMounts"].as_array().unwrap().iter().all(|m| m["readOnly"] == true));
+        assert_eq!(env[&format!("{prefix}_REDIS_URL")]["valueFrom"]["secretKeyRef"]["name"], "relay-backends");
+    }
+    let relay = &find(&docs, "Deployment", "rel-relay")["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(env_of(relay)["RELAY_CLIENT_IP_HEADER"]["value"], "x-real-ip");
+    assert!(!yaml.contains("password"), "no secret in the rendered chart");
+    // Without TLS values nothing is mounted.
+    let (_, plain) = render(&[]);
+    assert!(find(&plain, "Deployment", "rel-relay")["spec"]["template"]["spec"]["volumes"].is_null());
+}
+
 fn kubectl(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> String {
     use std::io::Write;
     let mut child = Command::new("kubectl")

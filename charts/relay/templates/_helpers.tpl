@@ -57,3 +57,42 @@ capabilities:
 seccompProfile:
   type: RuntimeDefault
 {{- end }}
+
+{{/* Where a backend's CA or credentials Secret is mounted. */}}
+{{- define "relay.backendFiles" -}}
+{{- $files := list -}}
+{{- range $name, $svc := dict "nats" .Values.nats "redis" .Values.redis "pocketbase" .Values.pocketbase -}}
+{{- if $svc.caSecret }}{{ $files = append $files (dict "volume" (printf "%s-ca" $name) "secret" $svc.caSecret "key" $svc.caSecretKey "dir" (printf "/etc/relay/%s-ca" $name) "backend" $name "kind" "ca") }}{{ end -}}
+{{- end -}}
+{{- if .Values.nats.credsSecret }}{{ $files = append $files (dict "volume" "nats-creds" "secret" .Values.nats.credsSecret "key" .Values.nats.credsSecretKey "dir" "/etc/relay/nats-creds" "backend" "nats" "kind" "creds") }}{{ end -}}
+{{- toJson $files -}}
+{{- end }}
+
+{{/* Env vars pointing at the mounted CA and credentials files; prefix RELAY or OPERATOR. The
+     operator does not call PocketBase. */}}
+{{- define "relay.backendFileEnv" -}}
+{{- range (include "relay.backendFiles" .root | fromJsonArray) }}
+{{- if not (and (eq $.prefix "OPERATOR") (eq .backend "pocketbase")) }}
+- { name: {{ printf "%s_%s_%s_FILE" $.prefix (upper .backend) (upper .kind) }}, value: {{ printf "%s/%s" .dir .key | quote }} }
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "relay.backendFileMounts" -}}
+{{- range (include "relay.backendFiles" .root | fromJsonArray) }}
+{{- if not (and (eq $.prefix "OPERATOR") (eq .backend "pocketbase")) }}
+- { name: {{ .volume }}, mountPath: {{ .dir }}, readOnly: true }
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "relay.backendFileVolumes" -}}
+{{- range (include "relay.backendFiles" .root | fromJsonArray) }}
+{{- if not (and (eq $.prefix "OPERATOR") (eq .backend "pocketbase")) }}
+- name: {{ .volume }}
+  secret:
+    secretName: {{ .secret }}
+    items: [{ key: {{ .key | quote }}, path: {{ .key | quote }} }]
+{{- end }}
+{{- end }}
+{{- end }}

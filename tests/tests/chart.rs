@@ -150,13 +150,15 @@ fn rendered_objects_wire_probes_ports_settings_and_least_privilege() {
 #[test]
 fn tls_cas_and_nats_credentials_come_from_secrets() {
     let (yaml, docs) = render(&["-f", "examples/values-production.yaml"]);
-    for (deployment, prefix, backends) in
-        [("rel-relay", "RELAY", &["nats", "redis", "pocketbase"][..]), ("rel-relay-operator", "OPERATOR", &["nats", "redis"][..])]
-    {
+    for (deployment, prefix, backends) in [
+        ("rel-relay", "RELAY", &["nats", "redis", "pocketbase"][..]),
+        ("rel-relay-operator", "OPERATOR", &["nats", "redis"][..]),
+    ] {
         let spec = &find(&docs, "Deployment", deployment)["spec"]["template"]["spec"];
         let c = &spec["containers"][0];
         let env = env_of(c);
-        let mounts: Vec<&str> = c["volumeMounts"].as_array().unwrap().iter().map(|m| m["mountPath"].as_str().unwrap()).collect();
+        let mounts: Vec<&str> =
+            c["volumeMounts"].as_array().unwrap().iter().map(|m| m["mountPath"].as_str().unwrap()).collect();
         let volumes: Vec<(&str, &str)> = spec["volumes"]
             .as_array()
             .unwrap()
@@ -167,7 +169,10 @@ fn tls_cas_and_nats_credentials_come_from_secrets() {
             let var = format!("{prefix}_{}_CA_FILE", backend.to_uppercase());
             assert_eq!(env[&var]["value"], format!("/etc/relay/{backend}-ca/ca.crt"), "{deployment} {var}");
             assert!(mounts.contains(&format!("/etc/relay/{backend}-ca").as_str()), "{deployment}: {mounts:?}");
-            assert!(volumes.contains(&(format!("{backend}-ca").as_str(), "relay-backends-ca")), "{deployment}: {volumes:?}");
+            assert!(
+                volumes.contains(&(format!("{backend}-ca").as_str(), "relay-backends-ca")),
+                "{deployment}: {volumes:?}"
+            );
         }
         assert_eq!(env[&format!("{prefix}_NATS_CREDS_FILE")]["value"], "/etc/relay/nats-creds/nats.creds");
         assert!(volumes.contains(&("nats-creds", "relay-nats-creds")));

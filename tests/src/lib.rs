@@ -7,6 +7,7 @@
 
 pub mod checker;
 mod client;
+pub mod fuzz;
 pub mod kube_api;
 mod servers;
 

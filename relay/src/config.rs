@@ -80,7 +80,7 @@ pub struct Config {
     #[arg(long, env = "RELAY_HEARTBEAT", default_value = "15s", value_parser = duration(100, 3_600_000))]
     pub heartbeat: Duration,
     /// Open Subscribe streams one user may hold on one replica.
-    #[arg(long, env = "RELAY_MAX_STREAMS_PER_USER", default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    #[arg(long, env = "RELAY_MAX_STREAMS_PER_USER", default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub max_streams_per_user: u64,
     /// Messages queued for one Subscribe stream before it is cut off as a slow consumer.
     #[arg(long, env = "RELAY_STREAM_BUFFER", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(16..=1_000_000))]

@@ -20,10 +20,29 @@ pub const QUEUE_GROUP: &str = GROUP;
 /// Subject on which the operator announces that a channel's settings changed (payload: the name).
 pub const SETTINGS_CHANGED_SUBJECT: &str = "relay.settings.changed";
 
-/// The JetStream stream of a `RelayChannel`: `RELAY_<name>`, with `.` (not allowed in stream
-/// names) written as `_`.
+/// The first token of a channel id: every declaration under it shares one JetStream stream
+/// (JetStream refuses streams whose subjects overlap, and `chat` and `chat.vip` would).
+pub fn root(channel: &str) -> &str {
+    channel.split('.').next().unwrap_or(channel)
+}
+
+/// The JetStream stream holding a channel's messages: `RELAY_<root>`, capturing `events.<root>` and
+/// `events.<root>.>`.
 pub fn stream_name(channel: &str) -> String {
-    format!("RELAY_{}", channel.replace('.', "_"))
+    format!("RELAY_{}", root(channel))
+}
+
+/// The durable consumer of queue delivery for a channel: `relay-queue` for a top-level channel (the
+/// name it always had), `relay-queue-<hash>` below it (consumer names may not hold `.`, and a
+/// hash keeps `a.b_c` and `a_b.c` apart). The operator makes it for a declared queue channel, the
+/// first relay that needs it for a sub-channel; both derive the same name.
+pub fn queue_consumer(channel: &str) -> String {
+    if !channel.contains('.') {
+        return "relay-queue".to_owned();
+    }
+    // FNV-1a: stable across builds and platforms (every relay and the operator agree on it).
+    let hash = channel.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    format!("relay-queue-{hash:016x}")
 }
 
 /// Redis stream holding a channel's history; entry ids are `<seq>-0`.
@@ -54,7 +73,13 @@ mod tests {
     fn names_follow_the_design() {
         assert_eq!(subject("chat.room1"), "events.chat.room1");
         assert_eq!(user_queue_group("bob"), "events.bob");
-        assert_eq!(stream_name("chat.eu"), "RELAY_chat_eu");
+        assert_eq!(stream_name("chat.eu"), "RELAY_chat", "one stream per top-level name");
+        assert_eq!(stream_name("chat"), "RELAY_chat");
+        assert_eq!(root("chat.eu.x"), "chat");
+        assert_eq!(queue_consumer("jobs"), "relay-queue");
+        assert_eq!(queue_consumer("jobs.eu"), queue_consumer("jobs.eu"));
+        assert_ne!(queue_consumer("a.b_c"), queue_consumer("a_b.c"));
+        assert_eq!(queue_consumer("jobs.eu").len(), "relay-queue-".len() + 16);
         assert_eq!(history_key("chat"), "relay:{chat}:history");
         assert_eq!(settings_key("chat"), "relay:{chat}:config");
         assert_eq!(meta_key("chat"), "relay:{chat}:meta");

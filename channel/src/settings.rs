@@ -26,6 +26,10 @@ pub struct ChannelSettings {
     /// name in different namespaces would otherwise fight over one channel.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+    /// Set while the declaration exists but is not in force (its Ready reason): relays refuse the
+    /// channel rather than serve it under its parent's rules.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_ready: Option<String>,
 }
 
 impl Default for ChannelSettings {
@@ -39,6 +43,7 @@ impl Default for ChannelSettings {
             stream: None,
             queue_consumer: None,
             owner: None,
+            not_ready: None,
         }
     }
 }

@@ -14,10 +14,11 @@ use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 
-use crate::backends::Backends;
+use crate::backends::{Backends, Trigger};
 use crate::crd::{RelayChannel, RelayChannelStatus};
 use crate::reconcile::{self, Verdict};
 use crate::{Error, metrics};
+use kube::runtime::reflector::{ObjectRef, Store};
 
 /// The finalizer that holds a `RelayChannel` until its stream and settings are cleaned up.
 pub const FINALIZER: &str = "relay.dev/cleanup";
@@ -29,24 +30,34 @@ pub struct Context {
     pub client: kube::Client,
     pub backends: Backends,
     pub recorder: Recorder,
-    /// How often a healthy channel is checked again, so drift behind the operator's back is undone.
+    /// How often a healthy channel is checked again (the safety net behind [`crate::watch`]).
     pub resync: Duration,
+    /// Every RelayChannel, as the controller's watch sees them (nested declarations share streams).
+    pub store: Store<RelayChannel>,
     /// Consecutive failures per object, for backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
 
-impl Context {
-    pub fn new(client: kube::Client, backends: Backends, resync: Duration, identity: &str) -> Self {
-        let reporter = Reporter { controller: MANAGER.into(), instance: Some(identity.to_owned()) };
-        Self { recorder: Recorder::new(client.clone(), reporter), client, backends, resync, failures: Mutex::default() }
-    }
-}
-
-/// Runs the controller until SIGTERM/SIGINT.
-pub async fn run(ctx: Arc<Context>) {
-    let api = Api::<RelayChannel>::all(ctx.client.clone());
-    Controller::new(api, watcher::Config::default().any_semantic())
-        .shutdown_on_signal()
+/// Runs the controller until SIGTERM/SIGINT: reconciles on changes of the resources, on drift and
+/// outages that [`crate::watch`] sees, and every `resync`.
+pub async fn run(client: kube::Client, backends: Backends, resync: Duration, identity: &str) {
+    let api = Api::<RelayChannel>::all(client.clone());
+    let controller = Controller::new(api, watcher::Config::default().any_semantic()).shutdown_on_signal();
+    let store = controller.store();
+    let reporter = Reporter { controller: MANAGER.into(), instance: Some(identity.to_owned()) };
+    let ctx = Arc::new(Context {
+        recorder: Recorder::new(client.clone(), reporter),
+        client,
+        backends: backends.clone(),
+        resync,
+        store: store.clone(),
+        failures: Mutex::default(),
+    });
+    tokio::spawn(crate::watch::run(backends.clone()));
+    let (all, some) = triggers(&backends, store);
+    controller
+        .reconcile_all_on(all)
+        .reconcile_on(some)
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
             if let Err(e) = res {
@@ -54,6 +65,43 @@ pub async fn run(ctx: Arc<Context>) {
             }
         })
         .await;
+}
+
+/// The watch's triggers, as the controller takes them: everything, or the resources named.
+fn triggers(
+    backends: &Backends,
+    store: Store<RelayChannel>,
+) -> (
+    impl futures::Stream<Item = ()> + Send + 'static,
+    impl futures::Stream<Item = ObjectRef<RelayChannel>> + Send + 'static,
+) {
+    let events = |rx: tokio::sync::broadcast::Receiver<Trigger>| {
+        futures::stream::unfold(rx, |mut rx| async move {
+            match rx.recv().await {
+                Ok(t) => Some((t, rx)),
+                // Missed some: look at everything.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Some((Trigger::All, rx)),
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => None,
+            }
+        })
+    };
+    let all = events(backends.triggers.subscribe()).filter_map(|t| async move { (t == Trigger::All).then_some(()) });
+    let some = events(backends.triggers.subscribe())
+        .map(move |t| {
+            let matches = |rc: &RelayChannel| {
+                let name = rc.metadata.name.as_deref().unwrap_or_default();
+                match &t {
+                    Trigger::All => false,
+                    Trigger::Tree(root) => relay_channel::names::root(name) == root,
+                    Trigger::Channel(channel) => name == channel,
+                }
+            };
+            let refs: Vec<ObjectRef<RelayChannel>> =
+                store.state().iter().filter(|rc| matches(rc)).map(|rc| ObjectRef::from_obj(rc.as_ref())).collect();
+            futures::stream::iter(refs)
+        })
+        .flatten();
+    (all, some)
 }
 
 /// Thin top level: a span, a timer, and the finalizer dispatch.
@@ -79,16 +127,21 @@ async fn reconcile(rc: Arc<RelayChannel>, ctx: Arc<Context>) -> Result<Action, E
 }
 
 async fn apply(rc: &RelayChannel, ctx: &Context) -> Result<Action, Error> {
-    let verdict = reconcile::apply(&ctx.backends, rc).await;
+    let all = ctx.store.state();
+    let verdict = reconcile::apply(&ctx.backends, rc, &reconcile::declared(&all)).await;
     write_status(rc, ctx, &verdict).await?;
     match verdict.backend_error {
+        // An outage: retried with backoff.
         Some(e) => Err(Error::Backend(e)),
+        // Only a change of the spec (which triggers a reconcile by itself) can fix a refusal.
+        None if !verdict.ready => Ok(Action::requeue(jitter(reconcile::REFUSED_RETRY))),
         None => Ok(Action::requeue(jitter(ctx.resync))),
     }
 }
 
 async fn cleanup(rc: &RelayChannel, ctx: &Context) -> Result<Action, Error> {
-    reconcile::cleanup(&ctx.backends, rc).await.map_err(Error::Backend)?;
+    let all = ctx.store.state();
+    reconcile::cleanup(&ctx.backends, rc, &reconcile::declared(&all)).await.map_err(Error::Backend)?;
     publish_event(
         ctx,
         rc,

@@ -41,9 +41,12 @@ pub struct RelayChannelSpec {
     /// What a late subscriber can catch up on (kept in Redis).
     #[serde(default)]
     pub history: HistorySpec,
-    /// Durability and replay in NATS JetStream.
-    #[serde(default)]
-    pub stream: StreamSpec,
+    /// Durability and replay in NATS JetStream. Every declaration under one top-level name shares
+    /// one stream (`RELAY_<top-level name>`): a nested declaration (`chat.vip` under `chat`) leaves
+    /// this out and inherits it; if it sets it, it must match the tree's (its shallowest
+    /// declaration's), or it is not Ready (`Unsupported`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<StreamSpec>,
     /// Who may publish and subscribe.
     #[serde(default)]
     pub access: AccessSpec,
@@ -72,14 +75,14 @@ pub struct HistorySpec {
     /// Messages kept per channel (approximately: trimmed in whole blocks).
     #[serde(default = "default_history_messages")]
     #[schemars(range(min = 1, max = 1_000_000))]
-    pub max_messages: u64,
-    /// How long messages are kept, e.g. 24h.
+    pub max_messages: i64,
+    /// How long messages are kept, e.g. 24h; under a second counts as one second.
     #[serde(default = "default_history_age")]
     #[schemars(regex(pattern = DURATION))]
     pub max_age: String,
 }
 
-fn default_history_messages() -> u64 {
+fn default_history_messages() -> i64 {
     1000
 }
 fn default_history_age() -> String {
@@ -95,10 +98,11 @@ impl Default for HistorySpec {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StreamSpec {
+    /// How long JetStream keeps messages; under a second counts as one second; 0 for no limit.
     #[serde(default = "default_stream_age")]
     #[schemars(regex(pattern = DURATION))]
     pub max_age: String,
-    /// -1 for no limit.
+    /// -1 (or 0) for no limit.
     #[serde(default = "default_stream_messages")]
     #[schemars(range(min = -1))]
     pub max_messages: i64,
@@ -108,7 +112,7 @@ pub struct StreamSpec {
     pub max_bytes: String,
     #[serde(default = "default_replicas")]
     #[schemars(range(min = 1, max = 5))]
-    pub replicas: u32,
+    pub replicas: i32,
     /// Cannot change once the stream exists (JetStream refuses it).
     #[serde(default)]
     pub storage: Storage,
@@ -123,7 +127,7 @@ fn default_stream_messages() -> i64 {
 fn default_stream_bytes() -> String {
     "1Gi".into()
 }
-fn default_replicas() -> u32 {
+fn default_replicas() -> i32 {
     1
 }
 
@@ -179,17 +183,17 @@ pub struct LimitsSpec {
     /// Largest message text in bytes.
     #[serde(default = "default_max_message_bytes")]
     #[schemars(range(min = 1, max = 1_048_576))]
-    pub max_message_bytes: u32,
-    /// Per user, on each relay replica; 0 for no limit.
+    pub max_message_bytes: i32,
+    /// Per user, on each relay replica, shared by the channel and its sub-channels; 0 for no limit.
     #[serde(default = "default_rate")]
-    #[schemars(range(max = 100_000))]
-    pub publish_per_second_per_user: u32,
+    #[schemars(range(min = 0, max = 100_000))]
+    pub publish_per_second_per_user: i32,
 }
 
-fn default_max_message_bytes() -> u32 {
+fn default_max_message_bytes() -> i32 {
     4096
 }
-fn default_rate() -> u32 {
+fn default_rate() -> i32 {
     20
 }
 
@@ -211,13 +215,13 @@ pub struct QueueSpec {
     /// Unacked messages one stream may hold; it receives more as it acks.
     #[serde(default = "default_max_unacked")]
     #[schemars(range(min = 1, max = 10_000))]
-    pub max_unacked_per_stream: u32,
+    pub max_unacked_per_stream: i32,
 }
 
 fn default_ack_wait() -> String {
     "30s".into()
 }
-fn default_max_unacked() -> u32 {
+fn default_max_unacked() -> i32 {
     16
 }
 
@@ -250,7 +254,7 @@ pub struct RelayChannelStatus {
 #[serde(rename_all = "camelCase")]
 pub struct StreamStatus {
     pub name: String,
-    pub messages: u64,
-    pub bytes: u64,
-    pub last_seq: u64,
+    pub messages: i64,
+    pub bytes: i64,
+    pub last_seq: i64,
 }

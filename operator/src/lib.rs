@@ -10,6 +10,7 @@
 //! - [`controller`]: the Kubernetes controller (finalizer, status, events, backoff);
 //! - [`leader`]: Lease-based leader election;
 //! - [`standalone`]: the same reconciler over a folder of YAML files, without a cluster;
+//! - [`watch`]: drift and outages within seconds (JetStream advisories, a settings check);
 //! - [`admin`] and [`metrics`]: `/metrics`, `/healthz`, `/readyz`.
 #![forbid(unsafe_code)]
 
@@ -22,6 +23,7 @@ pub mod metrics;
 pub mod plan;
 pub mod reconcile;
 pub mod standalone;
+pub mod watch;
 
 /// Errors of a reconcile.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +45,7 @@ impl Error {
             Error::Kube(_) => "kube",
             Error::Backend(backends::BackendError::Nats(_)) => "nats",
             Error::Backend(backends::BackendError::Redis(_)) => "redis",
+            Error::Backend(backends::BackendError::Refused { .. }) => "refused",
             Error::Finalizer(inner) => match inner.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => {
                     e.metric_label()

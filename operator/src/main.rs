@@ -3,7 +3,6 @@
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -101,18 +100,17 @@ async fn main() -> anyhow::Result<()> {
 
     let client = kube::Client::try_default().await.context("connecting to Kubernetes")?;
     let identity = config.identity.clone().unwrap_or_else(|| format!("operator-{}", std::process::id()));
-    let ctx = Arc::new(controller::Context::new(client.clone(), backends, config.resync, &identity));
     if !config.leader_election {
-        controller::run(ctx).await;
+        controller::run(client, backends, config.resync, &identity).await;
         return Ok(());
     }
-    let elector = Elector::new(client, &config.namespace, &config.lease_name, &identity, config.lease_duration);
+    let elector = Elector::new(client.clone(), &config.namespace, &config.lease_name, &identity, config.lease_duration);
     tokio::select! {
         _ = shutdown_signal() => return Ok(()),
         _ = elector.acquire() => {}
     }
     tokio::select! {
-        _ = controller::run(ctx) => Ok(()),
+        _ = controller::run(client, backends, config.resync, &identity) => Ok(()),
         _ = elector.hold() => anyhow::bail!("lost leadership; exiting so a follower takes over"),
     }
 }

@@ -6,10 +6,11 @@ use std::time::Duration;
 use async_nats::jetstream::{consumer, stream};
 use relay_channel::{ChannelSettings, names};
 
-use crate::crd::{self, RelayChannelSpec};
+use crate::crd::{self, RelayChannelSpec, StreamSpec};
 
-/// The durable consumer that `queue` delivery reads from.
-pub const QUEUE_CONSUMER: &str = "relay-queue";
+/// How long JetStream remembers message ids to drop a retried publish (shortened to the stream's
+/// `maxAge` when that is shorter: JetStream refuses a window longer than the age).
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
 /// A spec the operator cannot turn into backend state (the schema catches most of these first).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -20,40 +21,88 @@ pub enum SpecError {
     Size { field: &'static str, value: String },
     #[error("the name {0:?} is not a channel id: {1}")]
     Name(String, relay_channel::InvalidChannelId),
+    /// A nested declaration asks for stream settings its tree's stream does not have.
+    #[error(
+        "spec.stream differs from that of {leader}, which sets the stream of every channel under {root} \
+         ({stream}): remove spec.stream from this RelayChannel (it then inherits it) or make it match {leader}'s"
+    )]
+    StreamMismatch { leader: String, root: String, stream: String },
+}
+
+impl SpecError {
+    /// The Ready condition's reason for this refusal.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SpecError::StreamMismatch { .. } => "Unsupported",
+            _ => "InvalidSpec",
+        }
+    }
+}
+
+/// A `RelayChannel` as planning sees it.
+#[derive(Debug, Clone)]
+pub struct Declared<'a> {
+    /// Its name: the channel it governs (and the sub-channels no deeper declaration takes).
+    pub name: &'a str,
+    /// `<namespace>/<name>`.
+    pub owner: String,
+    pub spec: &'a RelayChannelSpec,
+}
+
+/// The declaration whose stream spec is its tree's: the shallowest one under the top-level name
+/// (then the first by name and owner), so the answer does not depend on the order they came in.
+pub fn leader<'a, 'b>(root: &str, declared: &'b [Declared<'a>]) -> Option<&'b Declared<'a>> {
+    declared
+        .iter()
+        .filter(|d| names::root(d.name) == root)
+        .min_by(|a, b| (depth(a.name), a.name, &a.owner).cmp(&(depth(b.name), b.name, &b.owner)))
+}
+
+fn depth(name: &str) -> usize {
+    name.matches('.').count()
+}
+
+/// The declaration among `declared` that governs `channel`: the longest declared prefix.
+pub fn governing<'a, 'b>(channel: &str, declared: &'b [Declared<'a>]) -> Option<&'b Declared<'a>> {
+    relay_channel::ChannelId::parse(channel)
+        .ok()?
+        .governing_candidates()
+        .find_map(|c| declared.iter().find(|d| d.name == c))
 }
 
 /// Everything the backends should hold for one `RelayChannel`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Desired {
+    /// The stream of the channel's tree (shared with every declaration under the same top-level name).
     pub stream: stream::Config,
     pub queue_consumer: Option<consumer::pull::Config>,
     pub settings: ChannelSettings,
 }
 
-/// Maps a spec to backend state.
-pub fn desired(name: &str, spec: &RelayChannelSpec) -> Result<Desired, SpecError> {
+/// Maps a spec to backend state; `declared` is every RelayChannel (any namespace), itself included,
+/// for the tree's stream.
+pub fn desired(name: &str, spec: &RelayChannelSpec, declared: &[Declared]) -> Result<Desired, SpecError> {
     relay_channel::ChannelId::parse(name).map_err(|e| SpecError::Name(name.to_owned(), e))?;
-    let stream_name = names::stream_name(name);
-    let subject = names::subject(name);
-    let stream = stream::Config {
-        name: stream_name.clone(),
-        subjects: vec![subject.clone(), format!("{subject}.>")],
-        max_age: duration("stream.maxAge", &spec.stream.max_age)?,
-        max_messages: spec.stream.max_messages,
-        max_bytes: size("stream.maxBytes", &spec.stream.max_bytes)?,
-        num_replicas: spec.stream.replicas as usize,
-        storage: match spec.stream.storage {
-            crd::Storage::File => stream::StorageType::File,
-            crd::Storage::Memory => stream::StorageType::Memory,
-        },
-        // Relays set Nats-Msg-Id: a retried publish inside this window is stored once.
-        duplicate_window: Duration::from_secs(120),
-        description: Some(format!("Relay channel {name} (managed by the relay operator)")),
-        ..Default::default()
+    let root = names::root(name);
+    let own = spec.stream.clone();
+    let (leader_name, leader_stream) = match leader(root, declared) {
+        Some(l) => (l.name.to_owned(), l.spec.stream.clone().unwrap_or_default()),
+        None => (name.to_owned(), own.clone().unwrap_or_default()),
     };
+    if let Some(own) = &own
+        && *own != leader_stream
+    {
+        return Err(SpecError::StreamMismatch {
+            leader: leader_name,
+            root: root.to_owned(),
+            stream: names::stream_name(root),
+        });
+    }
+    let stream = tree_stream(root, &leader_stream)?;
+    let subject = names::subject(name);
     let ack_wait = duration("queue.ackWait", &spec.queue.ack_wait)?.max(Duration::from_secs(1));
     let queue_consumer = (spec.delivery == crd::Delivery::Queue).then(|| consumer::pull::Config {
-        durable_name: Some(QUEUE_CONSUMER.to_owned()),
+        durable_name: Some(names::queue_consumer(name)),
         description: Some(format!("queue delivery of {name}")),
         filter_subject: subject.clone(),
         ack_policy: consumer::AckPolicy::Explicit,
@@ -73,26 +122,55 @@ pub fn desired(name: &str, spec: &RelayChannelSpec) -> Result<Desired, SpecError
             crd::Delivery::Queue => relay_channel::Delivery::Queue,
         },
         history: relay_channel::HistorySettings {
-            max_messages: spec.history.max_messages,
-            max_age_secs: duration("history.maxAge", &spec.history.max_age)?.as_secs(),
+            max_messages: spec.history.max_messages.max(1) as u64,
+            max_age_secs: whole_seconds(duration("history.maxAge", &spec.history.max_age)?),
         },
         access: relay_channel::Access {
             publish: rule(spec.access.publish, &spec.access.publish_users),
             subscribe: rule(spec.access.subscribe, &spec.access.subscribe_users),
         },
         limits: relay_channel::Limits {
-            max_message_bytes: spec.limits.max_message_bytes,
-            publish_per_second_per_user: spec.limits.publish_per_second_per_user,
+            max_message_bytes: spec.limits.max_message_bytes.max(1) as u32,
+            publish_per_second_per_user: spec.limits.publish_per_second_per_user.max(0) as u32,
         },
         queue: relay_channel::QueueSettings {
             ack_wait_secs: ack_wait.as_secs(),
-            max_unacked_per_stream: spec.queue.max_unacked_per_stream,
+            max_unacked_per_stream: spec.queue.max_unacked_per_stream.max(1) as u32,
         },
-        stream: Some(stream_name),
-        queue_consumer: queue_consumer.as_ref().and(Some(QUEUE_CONSUMER.to_owned())),
+        stream: Some(stream.name.clone()),
+        queue_consumer: queue_consumer.as_ref().and_then(|c| c.durable_name.clone()),
         owner: None,
+        not_ready: None,
     };
     Ok(Desired { stream, queue_consumer, settings })
+}
+
+/// The stream of the tree under `root`: every channel under it, with the leader's limits.
+pub fn tree_stream(root: &str, spec: &StreamSpec) -> Result<stream::Config, SpecError> {
+    let subject = names::subject(root);
+    let max_age = Duration::from_secs(whole_seconds(duration("stream.maxAge", &spec.max_age)?));
+    Ok(stream::Config {
+        name: names::stream_name(root),
+        subjects: vec![subject.clone(), format!("{subject}.>")],
+        max_age,
+        // JetStream stores "no limit" as -1.
+        max_messages: if spec.max_messages <= 0 { -1 } else { spec.max_messages },
+        max_bytes: size("stream.maxBytes", &spec.max_bytes)?,
+        num_replicas: spec.replicas.max(1) as usize,
+        storage: match spec.storage {
+            crd::Storage::File => stream::StorageType::File,
+            crd::Storage::Memory => stream::StorageType::Memory,
+        },
+        // Relays set Nats-Msg-Id: a retried publish inside this window is stored once.
+        duplicate_window: if max_age.is_zero() { DUPLICATE_WINDOW } else { DUPLICATE_WINDOW.min(max_age) },
+        description: Some(format!("Relay channels under {root} (managed by the relay operator)")),
+        ..Default::default()
+    })
+}
+
+/// Seconds, a part of a second counting as a whole one (so `500ms` is not "no limit").
+fn whole_seconds(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
 /// What to do with the stream.
@@ -213,17 +291,25 @@ mod tests {
         }
     }
 
+    fn spec(json: serde_json::Value) -> RelayChannelSpec {
+        serde_json::from_value(json).unwrap()
+    }
+
+    fn alone(name: &str, spec: &RelayChannelSpec) -> Result<Desired, SpecError> {
+        desired(name, spec, &[Declared { name, owner: format!("ns/{name}"), spec }])
+    }
+
     #[test]
     fn spec_maps_to_stream_consumer_and_settings() {
-        let mut spec: RelayChannelSpec = serde_json::from_str("{}").unwrap();
-        let d = desired("chat", &spec).unwrap();
+        let mut spec = spec(serde_json::json!({}));
+        let d = alone("chat", &spec).unwrap();
         assert_eq!(d.stream.name, "RELAY_chat");
         assert_eq!(d.stream.subjects, ["events.chat", "events.chat.>"]);
         assert_eq!(d.stream.max_age, Duration::from_secs(168 * 3600));
         assert_eq!(d.stream.max_bytes, 1 << 30);
         assert_eq!(d.stream.max_messages, 1_000_000);
+        assert_eq!(d.stream.duplicate_window, DUPLICATE_WINDOW);
         assert_eq!(d.queue_consumer, None);
-        assert_eq!(d.settings.stream.as_deref(), Some("RELAY_chat"));
         assert_eq!(d.settings.history.max_age_secs, 86400);
         assert_eq!(d.settings, ChannelSettings { stream: Some("RELAY_chat".into()), ..Default::default() });
 
@@ -231,25 +317,69 @@ mod tests {
         spec.access.publish = AccessRule::Users;
         spec.access.publish_users = vec!["svc".into()];
         spec.access.subscribe = AccessRule::Owner;
-        spec.stream.storage = Storage::Memory;
-        let d = desired("jobs.eu", &spec).unwrap();
-        assert_eq!(d.stream.name, "RELAY_jobs_eu");
+        spec.stream = Some(StreamSpec { storage: Storage::Memory, ..Default::default() });
+        let d = alone("jobs", &spec).unwrap();
         assert_eq!(d.stream.storage, stream::StorageType::Memory);
         let c = d.queue_consumer.unwrap();
-        assert_eq!((c.durable_name.as_deref(), c.filter_subject.as_str()), (Some(QUEUE_CONSUMER), "events.jobs.eu"));
+        assert_eq!((c.durable_name.as_deref(), c.filter_subject.as_str()), (Some("relay-queue"), "events.jobs"));
         assert_eq!(d.settings.delivery, relay_channel::Delivery::Queue);
-        assert_eq!(d.settings.queue_consumer.as_deref(), Some(QUEUE_CONSUMER));
+        assert_eq!(d.settings.queue_consumer.as_deref(), Some("relay-queue"));
         assert_eq!(d.settings.access.publish, relay_channel::AccessRule::Users(vec!["svc".into()]));
         assert_eq!(d.settings.access.subscribe, relay_channel::AccessRule::Owner);
 
         spec.history.max_age = "soon".into();
-        assert!(matches!(desired("x", &spec), Err(SpecError::Duration { field: "history.maxAge", .. })));
+        assert!(matches!(alone("x", &spec), Err(SpecError::Duration { field: "history.maxAge", .. })));
+    }
+
+    #[test]
+    fn short_and_odd_limits_become_what_jetstream_takes() {
+        let s = spec(serde_json::json!({
+            "history": {"maxAge": "500ms"},
+            "stream": {"maxAge": "1m", "maxMessages": 0},
+        }));
+        let d = alone("fast", &s).unwrap();
+        assert_eq!(d.settings.history.max_age_secs, 1, "under a second is one second, not 'forever'");
+        assert_eq!(d.stream.max_age, Duration::from_secs(60));
+        assert_eq!(d.stream.duplicate_window, Duration::from_secs(60), "never longer than maxAge");
+        assert_eq!(d.stream.max_messages, -1, "0 is stored as JetStream stores it, so no update loop");
+        let forever = alone("keep", &spec(serde_json::json!({"stream": {"maxAge": "0"}}))).unwrap();
+        assert_eq!(forever.stream.duplicate_window, DUPLICATE_WINDOW);
+    }
+
+    #[test]
+    fn nested_declarations_share_their_trees_stream_and_keep_their_own_rules() {
+        let room = spec(serde_json::json!({"stream": {"maxAge": "24h"}}));
+        let vip = spec(
+            serde_json::json!({"access": {"publish": "users", "publishUsers": ["vip-admin"]}, "delivery": "queue"}),
+        );
+        let all = [
+            Declared { name: "room.vip", owner: "b/room.vip".into(), spec: &vip },
+            Declared { name: "room", owner: "a/room".into(), spec: &room },
+        ];
+        assert_eq!(leader("room", &all).unwrap().name, "room", "the shallowest leads, whatever the order");
+        let d = desired("room.vip", &vip, &all).unwrap();
+        assert_eq!(d.stream.name, "RELAY_room");
+        assert_eq!(d.stream.subjects, ["events.room", "events.room.>"]);
+        assert_eq!(d.stream.max_age, Duration::from_secs(86400), "the leader's stream settings");
+        assert_eq!(d.settings.access.publish, relay_channel::AccessRule::Users(vec!["vip-admin".into()]));
+        let c = d.queue_consumer.unwrap();
+        assert_eq!(c.filter_subject, "events.room.vip");
+        assert_eq!(c.durable_name.as_deref(), Some(relay_channel::names::queue_consumer("room.vip").as_str()));
+        assert_eq!(desired("room", &room, &all).unwrap().stream, d.stream, "one stream for the tree");
+        // A nested declaration that asks for another stream is refused, naming whom to change.
+        let odd = spec(serde_json::json!({"stream": {"maxAge": "1h"}}));
+        let with_odd = [Declared { name: "room.odd", owner: "c/room.odd".into(), spec: &odd }, all[1].clone()];
+        let e = desired("room.odd", &odd, &with_odd).unwrap_err();
+        assert_eq!(e.reason(), "Unsupported");
+        assert!(e.to_string().contains("room") && e.to_string().contains("RELAY_room"), "{e}");
+        assert_eq!(governing("room.vip.x", &all).unwrap().name, "room.vip");
+        assert_eq!(governing("room.x", &all).unwrap().name, "room");
+        assert!(governing("other", &all).is_none());
     }
 
     #[test]
     fn stream_plans() {
-        let spec: RelayChannelSpec = serde_json::from_str("{}").unwrap();
-        let want = desired("chat", &spec).unwrap().stream;
+        let want = alone("chat", &spec(serde_json::json!({}))).unwrap().stream;
         let mut changed = want.clone();
         changed.max_messages = 5;
         let mut other_storage = want.clone();
@@ -270,8 +400,8 @@ mod tests {
 
     #[test]
     fn consumer_plans() {
-        let mut spec: RelayChannelSpec = serde_json::from_str(r#"{"delivery":"queue"}"#).unwrap();
-        let want = desired("jobs", &spec).unwrap().queue_consumer.unwrap();
+        let mut spec = spec(serde_json::json!({"delivery": "queue"}));
+        let want = alone("jobs", &spec).unwrap().queue_consumer.unwrap();
         let as_observed = |c: &consumer::pull::Config| consumer::IntoConsumerConfig::into_consumer_config(c.clone());
         let mut slower = want.clone();
         slower.ack_wait = Duration::from_secs(1);
@@ -281,7 +411,7 @@ mod tests {
         assert_eq!(plan_consumer(Some(&want), Some(&slower)), ConsumerAction::Update);
         spec.delivery = Delivery::Broadcast;
         assert_eq!(
-            plan_consumer(desired("jobs", &spec).unwrap().queue_consumer.as_ref(), Some(&observed_want)),
+            plan_consumer(alone("jobs", &spec).unwrap().queue_consumer.as_ref(), Some(&observed_want)),
             ConsumerAction::Delete
         );
         assert_eq!(plan_consumer(None, None), ConsumerAction::None);

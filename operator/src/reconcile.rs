@@ -1,17 +1,24 @@
 //! One reconcile of one `RelayChannel`, shared by the Kubernetes controller and standalone mode:
 //! plan (pure), apply (effects), and a verdict that becomes the Ready condition.
 
+use std::time::Duration;
+
 use kube::ResourceExt;
 
 use crate::backends::{BackendError, Backends};
 use crate::crd::{DeletionPolicy, RelayChannel, StreamStatus};
-use crate::plan;
+use crate::plan::{self, Declared};
+
+/// How soon a refusal that only a spec change can fix is tried again (the spec's change itself
+/// triggers a reconcile at once).
+pub const REFUSED_RETRY: Duration = Duration::from_secs(300);
 
 /// The outcome of a reconcile, as the Ready condition tells it.
 #[derive(Debug)]
 pub struct Verdict {
     pub ready: bool,
-    /// PascalCase: Reconciled, InvalidSpec, Conflict, ChangeRefused, NatsUnavailable, RedisUnavailable.
+    /// PascalCase: Reconciled, InvalidSpec, Conflict, Unsupported, ChangeRefused, NatsUnavailable,
+    /// RedisUnavailable.
     pub reason: String,
     pub message: String,
     pub stream: Option<StreamStatus>,
@@ -27,6 +34,11 @@ impl Verdict {
     fn not_ready(reason: &str, message: String) -> Self {
         Self { ready: false, reason: reason.into(), message, stream: None, backend_error: None }
     }
+
+    /// Whether retrying soon may help (an outage), as opposed to waiting for a spec change.
+    pub fn transient(&self) -> bool {
+        self.backend_error.is_some()
+    }
 }
 
 /// `<namespace>/<name>`: who owns the channel in NATS and Redis.
@@ -34,14 +46,28 @@ pub fn owner(rc: &RelayChannel) -> String {
     format!("{}/{}", rc.namespace().unwrap_or_else(|| "default".into()), rc.name_any())
 }
 
-/// Plans and applies; never fails, the verdict says what happened.
-pub async fn apply(backends: &Backends, rc: &RelayChannel) -> Verdict {
+/// Every resource as planning sees it.
+pub fn declared(all: &[impl std::ops::Deref<Target = RelayChannel>]) -> Vec<Declared<'_>> {
+    all.iter()
+        .map(|rc| Declared { name: rc.metadata.name.as_deref().unwrap_or_default(), owner: owner(rc), spec: &rc.spec })
+        .collect()
+}
+
+/// Plans and applies; never fails, the verdict says what happened. `all`: every RelayChannel
+/// (for the tree's stream).
+pub async fn apply(backends: &Backends, rc: &RelayChannel, all: &[Declared<'_>]) -> Verdict {
     let name = rc.name_any();
-    let desired = match plan::desired(&name, &rc.spec) {
+    let owner = owner(rc);
+    let desired = match plan::desired(&name, &rc.spec, all) {
         Ok(d) => d,
-        Err(e) => return Verdict::not_ready("InvalidSpec", e.to_string()),
+        Err(e) => {
+            if let Err(write) = backends.refuse(&name, &owner, e.reason()).await {
+                return outage(write);
+            }
+            return Verdict::not_ready(e.reason(), e.to_string());
+        }
     };
-    match backends.apply(&name, &owner(rc), &desired).await {
+    match backends.apply(&name, &owner, &desired).await {
         Ok(out) => {
             for change in &out.changes {
                 tracing::info!(channel = %name, %change, "applied");
@@ -65,28 +91,25 @@ pub async fn apply(backends: &Backends, rc: &RelayChannel) -> Verdict {
                 },
             }
         }
-        Err(e) => {
-            let reason = match e {
-                BackendError::Nats(_) => "NatsUnavailable",
-                BackendError::Redis(_) => "RedisUnavailable",
-            };
-            Verdict { backend_error: Some(e), ..Verdict::not_ready(reason, String::new()) }
-        }
-    }
-    .with_error_message()
-}
-
-impl Verdict {
-    fn with_error_message(mut self) -> Self {
-        if let Some(e) = &self.backend_error {
-            self.message = e.to_string();
-        }
-        self
+        Err(BackendError::Refused { reason, message }) => Verdict::not_ready(reason, message),
+        Err(e) => outage(e),
     }
 }
 
-/// Removes what the resource declared, keeping data under `deletionPolicy: Retain`.
-pub async fn cleanup(backends: &Backends, rc: &RelayChannel) -> Result<(), BackendError> {
+/// An outage: Ready=False with the backend's name, retried with backoff.
+fn outage(e: BackendError) -> Verdict {
+    let reason = match e {
+        BackendError::Redis(_) => "RedisUnavailable",
+        _ => "NatsUnavailable",
+    };
+    Verdict { message: e.to_string(), backend_error: Some(e), ..Verdict::not_ready(reason, String::new()) }
+}
+
+/// Removes what the resource declared, keeping data under `deletionPolicy: Retain`; `all` holds
+/// every RelayChannel (this one is left out), whose data is never touched.
+pub async fn cleanup(backends: &Backends, rc: &RelayChannel, all: &[Declared<'_>]) -> Result<(), BackendError> {
     let delete_data = rc.spec.deletion_policy == DeletionPolicy::Delete;
-    backends.cleanup(&rc.name_any(), &owner(rc), delete_data).await
+    let own = owner(rc);
+    let remaining: Vec<Declared> = all.iter().filter(|d| d.owner != own).cloned().collect();
+    backends.cleanup(&rc.name_any(), &own, delete_data, &remaining).await
 }

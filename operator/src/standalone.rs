@@ -1,6 +1,7 @@
 //! Standalone mode, for people without a cluster and for the local stack: the same reconciler over
-//! a folder of `RelayChannel` YAML files, checked every resync. A file that disappears is cleaned
-//! up according to its last `deletionPolicy`.
+//! a folder of `RelayChannel` YAML files, checked every resync and at once when [`crate::watch`]
+//! sees drift or an outage. A file that disappears is cleaned up according to its last
+//! `deletionPolicy`.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -33,12 +34,18 @@ pub fn load(dir: &Path) -> Result<Vec<RelayChannel>, String> {
 /// Reconciles the folder until `shutdown` resolves.
 pub async fn run(backends: Backends, dir: &Path, resync: Duration, shutdown: impl Future<Output = ()>) {
     let mut known: HashMap<String, RelayChannel> = HashMap::new();
+    let mut triggers = backends.triggers.subscribe();
+    tokio::spawn(crate::watch::run(backends.clone()));
     tokio::pin!(shutdown);
     loop {
         pass(&backends, dir, &mut known).await;
         tokio::select! {
             _ = &mut shutdown => return,
             _ = tokio::time::sleep(resync) => {}
+            _ = triggers.recv() => {
+                // One pass covers every trigger that came meanwhile.
+                while triggers.try_recv().is_ok() {}
+            }
         }
     }
 }
@@ -53,21 +60,23 @@ pub async fn pass(backends: &Backends, dir: &Path, known: &mut HashMap<String, R
         }
     };
     let mut seen = HashMap::new();
-    for rc in channels {
+    let all: Vec<&RelayChannel> = channels.iter().collect();
+    let declared = reconcile::declared(&all);
+    for rc in &channels {
         let _timer = crate::metrics::reconcile_timer();
-        let verdict = reconcile::apply(backends, &rc).await;
+        let verdict = reconcile::apply(backends, rc, &declared).await;
         if verdict.ready {
             tracing::debug!(channel = %rc.name_any(), "ready");
         } else {
             crate::metrics::reconcile_error(&verdict.reason);
             tracing::warn!(channel = %rc.name_any(), reason = %verdict.reason, message = %verdict.message, "not ready");
         }
-        seen.insert(reconcile::owner(&rc), rc);
+        seen.insert(reconcile::owner(rc), rc.clone());
     }
     let gone: Vec<_> =
         known.iter().filter(|(k, _)| !seen.contains_key(*k)).map(|(k, v)| (k.clone(), v.clone())).collect();
     for (owner, gone) in gone {
-        match reconcile::cleanup(backends, &gone).await {
+        match reconcile::cleanup(backends, &gone, &declared).await {
             Ok(()) => tracing::info!(%owner, policy = ?gone.spec.deletion_policy, "removed"),
             Err(e) => {
                 tracing::warn!(%owner, error = %e, "cleanup failed; retrying next pass");
@@ -88,8 +97,10 @@ mod tests {
         let channels = load(&dir).unwrap();
         let names: Vec<_> = channels.iter().map(|c| c.name_any()).collect();
         assert_eq!(names, ["chat", "inbox", "jobs"]);
+        let all: Vec<&RelayChannel> = channels.iter().collect();
+        let declared = reconcile::declared(&all);
         for rc in &channels {
-            crate::plan::desired(&rc.name_any(), &rc.spec).unwrap();
+            crate::plan::desired(&rc.name_any(), &rc.spec, &declared).unwrap();
         }
     }
 

@@ -33,7 +33,8 @@ proptest! {
             "stream": {"maxAge": stream_age, "maxMessages": stream_messages, "maxBytes": max_bytes, "replicas": replicas},
             "queue": {"ackWait": ack_wait},
         })).unwrap();
-        if let Ok(d) = plan::desired(&name, &spec) {
+        let me = [plan::Declared { name: &name, owner: format!("ns/{name}"), spec: &spec }];
+        if let Ok(d) = plan::desired(&name, &spec, &me) {
             prop_assert!(d.stream.name.starts_with("RELAY_"));
             prop_assert!(!d.stream.name.contains('.'));
             prop_assert!(d.stream.max_bytes >= -1);

@@ -63,8 +63,8 @@ impl Lane {
             return Err(Error::unavailable("queue", format!("channel {declared_by} has no JetStream stream yet")));
         };
         let consumer = if channel == declared_by {
-            let name = settings.queue_consumer.as_deref().unwrap_or("relay-queue");
-            bounded("jetstream consumer", js.get_consumer_from_stream(name, stream)).await?
+            let name = settings.queue_consumer.clone().unwrap_or_else(|| names::queue_consumer(channel));
+            bounded("jetstream consumer", js.get_consumer_from_stream(&name, stream)).await?
         } else {
             subchannel_consumer(js, stream, channel, settings).await?
         };
@@ -170,7 +170,7 @@ async fn subchannel_consumer(
     channel: &str,
     settings: &ChannelSettings,
 ) -> Result<PullConsumer> {
-    let name = subchannel_consumer_name(channel);
+    let name = names::queue_consumer(channel);
     let mut stream = bounded("jetstream stream", js.get_stream(stream)).await?;
     if let Ok(c) = bounded("jetstream consumer", stream.get_consumer::<consumer::pull::Config>(&name)).await {
         return Ok(c);
@@ -193,24 +193,4 @@ async fn subchannel_consumer(
         ..Default::default()
     };
     bounded("jetstream create consumer", stream.get_or_create_consumer(&name, config)).await
-}
-
-/// `relay-queue-<hash>`: consumer names may not hold `.`, and a hash keeps `a.b_c` and `a_b.c` apart.
-pub fn subchannel_consumer_name(channel: &str) -> String {
-    // FNV-1a: stable across builds and platforms (the name must be the same on every relay).
-    let hash = channel.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
-    format!("relay-queue-{hash:016x}")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn subchannel_consumer_names_are_stable_and_distinct() {
-        assert_eq!(subchannel_consumer_name("jobs.eu"), subchannel_consumer_name("jobs.eu"));
-        assert_ne!(subchannel_consumer_name("a.b_c"), subchannel_consumer_name("a_b.c"));
-        assert!(subchannel_consumer_name("jobs.eu").starts_with("relay-queue-"));
-        assert_eq!(subchannel_consumer_name("x").len(), "relay-queue-".len() + 16);
-    }
 }

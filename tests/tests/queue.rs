@@ -198,5 +198,5 @@ async fn a_sub_channel_of_a_queue_channel_is_delivered_at_least_once_with_its_ba
         assert_eq!((m.channelid.as_str(), m.seq), (sub_ch.as_str(), want));
         acker.ack(&w1.token, &sub.id, &sub_ch, &m.epoch, &[m.seq]).await.unwrap();
     }
-    all_acked(&stack, &ch, &relay::queue::subchannel_consumer_name(&sub_ch), 5).await;
+    all_acked(&stack, &ch, &relay_channel::names::queue_consumer(&sub_ch), 5).await;
 }

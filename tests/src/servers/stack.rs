@@ -135,11 +135,13 @@ impl Stack {
     /// RelayChannel spec as JSON.
     pub async fn declare_spec(&self, name: &str, spec: serde_json::Value) -> operator::backends::Outcome {
         let spec: operator::crd::RelayChannelSpec = serde_json::from_value(spec).expect("a RelayChannel spec");
-        let desired = operator::plan::desired(name, &spec).expect("a valid spec");
+        let owner = format!("test/{name}");
+        let me = [operator::plan::Declared { name, owner: owner.clone(), spec: &spec }];
+        let desired = operator::plan::desired(name, &spec, &me).expect("a valid spec");
         let nats = relay_connect::Nats { urls: self.nats.url(), ca_file: self.nats.ca_file(), creds_file: None };
         let redis = relay_connect::Redis { url: self.redis.url(), ca_file: self.redis.ca_file() };
         let backends = operator::backends::Backends::connect(&nats, &redis).await.unwrap();
-        backends.apply(name, &format!("test/{name}"), &desired).await.expect("operator apply")
+        backends.apply(name, &owner, &desired).await.expect("operator apply")
     }
 
     /// Keeps the folder of data and logs after the stack is gone (for a failed run).

@@ -62,7 +62,7 @@ Relay is up (logs in .stack/logs).
   relays      gRPC + gRPC-web  127.0.0.1:50051 and 127.0.0.1:50052   admin (/metrics /readyz) :9090 and :9091
   PocketBase  http://127.0.0.1:8090/_/  (admin@relay.local / admin-password-123)
   NATS        nats://127.0.0.1:4222 (JetStream on)     Redis  redis://127.0.0.1:6379
-  operator    reconciles examples/channels/*.yaml (chat, inbox, jobs); admin :9092
+  operator    reconciles examples/channels/*.yaml (chat, chat.announcements, inbox, jobs); admin :9092
               other channel names are served with default settings (RELAY_UNDECLARED_CHANNELS=allow)
   users       alice@example.com / alice-password       bob@example.com / bob-password
 

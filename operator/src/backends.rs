@@ -139,6 +139,10 @@ impl Backends {
 
     /// Makes the backends match `desired` for the channel `name`, owned by `owner`.
     pub async fn apply(&self, name: &str, owner: &str, desired: &Desired) -> Result<Outcome, BackendError> {
+        // Say so at once rather than after JetStream's request timeout.
+        if self.nats.connection_state() != async_nats::connection::State::Connected {
+            return Err(BackendError::Nats("not connected".into()));
+        }
         let mut out = Outcome::default();
         let (current, other) = self.current(name, owner).await?;
         if let Some(other) = other {

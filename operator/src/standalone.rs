@@ -96,7 +96,7 @@ mod tests {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/channels");
         let channels = load(&dir).unwrap();
         let names: Vec<_> = channels.iter().map(|c| c.name_any()).collect();
-        assert_eq!(names, ["chat", "inbox", "jobs"]);
+        assert_eq!(names, ["chat.announcements", "chat", "inbox", "jobs"]);
         let all: Vec<&RelayChannel> = channels.iter().collect();
         let declared = reconcile::declared(&all);
         for rc in &channels {

@@ -50,12 +50,22 @@ impl SettingsCache {
 
     /// The settings governing `channel`: those of the longest declared prefix (`chat` governs
     /// `chat.room1`); NOT_FOUND when none is declared and undeclared channels are denied.
+    /// A declaration that exists but is not in force (the operator could not apply it) refuses its
+    /// channel with UNAVAILABLE: serving it under a parent's looser rules is never an option.
     pub async fn get(&self, channel: &ChannelId) -> Result<Arc<Governed>> {
         let key = (self.generation.load(Ordering::SeqCst), channel.clone());
-        self.cache
+        let governed = self
+            .cache
             .try_get_with(key, async { self.load(channel).await.map(Arc::new) })
             .await
-            .map_err(|e| e.to_owned_error())
+            .map_err(|e| e.to_owned_error())?;
+        if let Some(reason) = &governed.settings.not_ready {
+            return Err(Error::Retry(format!(
+                "channel {channel} is declared by RelayChannel {} but not in force ({reason}); ask whoever runs the relay",
+                governed.declared_by
+            )));
+        }
+        Ok(governed)
     }
 
     /// Forgets everything and tells open streams: called when the operator announces a change.

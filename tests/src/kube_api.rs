@@ -5,10 +5,17 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, PostParams};
+use operator::crd::RelayChannel;
 use tokio::process::Command;
 
 use crate::servers::Proc;
 use crate::{eventually, free_port};
+
+/// How long operator tests wait for a state.
+const T: Duration = Duration::from_secs(30);
 
 const TOKEN: &str = "relay-test-admin-token";
 
@@ -109,4 +116,54 @@ fn kubeconfig_yaml(port: u16) -> String {
 async fn run(cmd: &str, args: &[&str]) {
     let out = Command::new(cmd).args(args).output().await.unwrap_or_else(|e| panic!("{cmd}: {e}"));
     assert!(out.status.success(), "{cmd} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Installs the generated CRD and waits until it is established.
+pub async fn install_crd(client: &kube::Client) {
+    let yaml = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../crds/relaychannel.yaml")).unwrap();
+    let crd: CustomResourceDefinition = serde_saphyr::from_str(&yaml).unwrap();
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.create(&PostParams::default(), &crd).await.unwrap();
+    eventually(T, "CRD established", || {
+        let crds = crds.clone();
+        async move {
+            let crd = crds.get("relaychannels.relay.dev").await.unwrap();
+            crd.status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True")
+        }
+    })
+    .await;
+}
+
+/// Creates a namespace.
+pub async fn namespace(client: &kube::Client, name: &str) {
+    let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.unwrap();
+}
+
+/// A RelayChannel named `name` with a spec given as JSON.
+pub fn channel(name: &str, spec: serde_json::Value) -> RelayChannel {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "relay.dev/v1alpha1", "kind": "RelayChannel", "metadata": {"name": name}, "spec": spec
+    }))
+    .unwrap()
+}
+
+/// The Ready condition's (status, reason) and the observed generation.
+pub async fn ready(api: &Api<RelayChannel>, name: &str) -> Option<(String, String, Option<i64>)> {
+    let rc = api.get_opt(name).await.ok()??;
+    let status = rc.status?;
+    let c = status.conditions.iter().find(|c| c.type_ == "Ready")?;
+    Some((c.status.clone(), c.reason.clone(), status.observed_generation))
+}
+
+/// Waits until Ready is `status` with `reason` at `generation`.
+pub async fn wait_ready(api: &Api<RelayChannel>, name: &str, status: &str, reason: &str, generation: i64) {
+    eventually(T, &format!("{name} Ready={status} ({reason}) at generation {generation}"), || async {
+        ready(api, name).await == Some((status.into(), reason.into(), Some(generation)))
+    })
+    .await;
 }

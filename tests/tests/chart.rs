@@ -231,5 +231,5 @@ async fn the_api_server_accepts_every_rendered_object_and_example() {
         &["apply", "--server-side", "--dry-run=server", "-f", root().join("examples/channels").to_str().unwrap()],
         None,
     );
-    assert_eq!(out.lines().count(), 3, "{out}");
+    assert_eq!(out.lines().count(), 4, "{out}");
 }

@@ -5,61 +5,14 @@
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Event, Namespace};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::api::core::v1::Event;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use operator::crd::RelayChannel;
 use relay_channel::names;
-use relay_tests::kube_api::KubeApi;
+use relay_tests::kube_api::{KubeApi, channel, install_crd, namespace, wait_ready};
 use relay_tests::{OperatorProc, Stack, StackOptions, eventually, unique};
 
 const T: Duration = Duration::from_secs(30);
-
-async fn install_crd(client: &kube::Client) {
-    let yaml = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../crds/relaychannel.yaml")).unwrap();
-    let crd: CustomResourceDefinition = serde_saphyr::from_str(&yaml).unwrap();
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    crds.create(&PostParams::default(), &crd).await.unwrap();
-    eventually(T, "CRD established", || {
-        let crds = crds.clone();
-        async move {
-            let crd = crds.get("relaychannels.relay.dev").await.unwrap();
-            crd.status
-                .and_then(|s| s.conditions)
-                .unwrap_or_default()
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True")
-        }
-    })
-    .await;
-}
-
-async fn namespace(client: &kube::Client, name: &str) {
-    let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
-    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.unwrap();
-}
-
-fn channel(name: &str, spec: serde_json::Value) -> RelayChannel {
-    serde_json::from_value(serde_json::json!({
-        "apiVersion": "relay.dev/v1alpha1", "kind": "RelayChannel", "metadata": {"name": name}, "spec": spec
-    }))
-    .unwrap()
-}
-
-/// The Ready condition's (status, reason) and the observed generation.
-async fn ready(api: &Api<RelayChannel>, name: &str) -> Option<(String, String, Option<i64>)> {
-    let rc = api.get_opt(name).await.ok()??;
-    let status = rc.status?;
-    let c = status.conditions.iter().find(|c| c.type_ == "Ready")?;
-    Some((c.status.clone(), c.reason.clone(), status.observed_generation))
-}
-
-async fn wait_ready(api: &Api<RelayChannel>, name: &str, status: &str, reason: &str, generation: i64) {
-    eventually(T, &format!("{name} Ready={status} ({reason}) at generation {generation}"), || async {
-        ready(api, name).await == Some((status.into(), reason.into(), Some(generation)))
-    })
-    .await;
-}
 
 #[tokio::test]
 async fn relaychannels_are_validated_reconciled_updated_repaired_and_deleted() {

@@ -187,6 +187,40 @@ fn tls_cas_and_nats_credentials_come_from_secrets() {
     assert!(find(&plain, "Deployment", "rel-relay")["spec"]["template"]["spec"]["volumes"].is_null());
 }
 
+/// The README's install steps name objects the chart makes: `helm install NAME charts/relay`, then
+/// `deploy/...` and `svc/...` that must exist under that release name.
+#[test]
+fn the_readmes_kubernetes_steps_name_objects_the_chart_makes() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let install = readme.split("## Install on Kubernetes").nth(1).expect("an install section");
+    let release = install
+        .split_whitespace()
+        .skip_while(|w| *w != "install")
+        .nth(1)
+        .expect("helm install <release> charts/relay");
+    let yaml = helm(&["template", release, "charts/relay", "--namespace", "relay", "--kube-version", "1.37.2"]);
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&yaml).unwrap();
+    let named: Vec<(String, String)> = docs
+        .iter()
+        .filter(|d| !d.is_null())
+        .map(|d| (d["kind"].as_str().unwrap().to_owned(), d["metadata"]["name"].as_str().unwrap().to_owned()))
+        .collect();
+    let mut checked = 0;
+    for word in install.split(|c: char| c.is_whitespace() || c == '`') {
+        let (kind, name) = match word.split_once('/') {
+            Some(("deploy", n)) => ("Deployment", n),
+            Some(("svc", n)) => ("Service", n),
+            _ => continue,
+        };
+        assert!(
+            named.iter().any(|(k, n)| k == kind && n == name),
+            "README names {kind} {name}, which `helm install {release}` does not make; it makes {named:?}"
+        );
+        checked += 1;
+    }
+    assert!(checked >= 3, "the README's steps name the deployments and the service ({checked} found)");
+}
+
 fn kubectl(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> String {
     use std::io::Write;
     let mut child = Command::new("kubectl")

@@ -11,7 +11,8 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::runtime::watcher;
+use kube::runtime::utils::Predicate;
+use kube::runtime::{WatchStreamExt, predicates, reflector, watcher};
 use kube::{Resource, ResourceExt};
 
 use crate::backends::{Backends, Trigger};
@@ -42,8 +43,15 @@ pub struct Context {
 /// outages that [`crate::watch`] sees, and every `resync`.
 pub async fn run(client: kube::Client, backends: Backends, resync: Duration, identity: &str) {
     let api = Api::<RelayChannel>::all(client.clone());
-    let controller = Controller::new(api, watcher::Config::default().any_semantic()).shutdown_on_signal();
-    let store = controller.store();
+    // Only spec changes (generation; deletion bumps it too) and finalizer changes reconcile: a
+    // status write (stream figures move with traffic) must not start another reconcile.
+    let (store, writer) = reflector::store();
+    let objects = watcher(api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(predicates::generation.combine(predicates::finalizers), Default::default());
+    let controller = Controller::for_stream(objects, store.clone()).shutdown_on_signal();
     let reporter = Reporter { controller: MANAGER.into(), instance: Some(identity.to_owned()) };
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
@@ -133,6 +141,13 @@ async fn apply(rc: &RelayChannel, ctx: &Context) -> Result<Action, Error> {
     match verdict.backend_error {
         // An outage: retried with backoff.
         Some(e) => Err(Error::Backend(e)),
+        // Waiting for a declaration of the same name that is being deleted: its finalizer runs
+        // before it leaves the cache, so look again shortly rather than at the next resync.
+        None if verdict.reason == "Conflict"
+            && all.iter().any(|o| o.metadata.name == rc.metadata.name && o.metadata.deletion_timestamp.is_some()) =>
+        {
+            Ok(Action::requeue(Duration::from_secs(1)))
+        }
         // Only a change of the spec (which triggers a reconcile by itself) can fix a refusal.
         None if !verdict.ready => Ok(Action::requeue(jitter(reconcile::REFUSED_RETRY))),
         None => Ok(Action::requeue(jitter(ctx.resync))),
@@ -140,8 +155,12 @@ async fn apply(rc: &RelayChannel, ctx: &Context) -> Result<Action, Error> {
 }
 
 async fn cleanup(rc: &RelayChannel, ctx: &Context) -> Result<Action, Error> {
-    let all = ctx.store.state();
-    reconcile::cleanup(&ctx.backends, rc, &reconcile::declared(&all)).await.map_err(Error::Backend)?;
+    // Data is deleted on what the API server says now, not on the watch's cache: a declaration
+    // created a moment ago must be seen, or its data would go too.
+    let all = Api::<RelayChannel>::all(ctx.client.clone()).list(&Default::default()).await?.items;
+    reconcile::cleanup(&ctx.backends, rc, &reconcile::declared(&all.iter().collect::<Vec<_>>()))
+        .await
+        .map_err(Error::Backend)?;
     publish_event(
         ctx,
         rc,

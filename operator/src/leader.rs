@@ -39,20 +39,21 @@ impl Elector {
         }
     }
 
-    /// Renews the Lease until a renewal fails for longer than its duration; then returns.
+    /// Renews the Lease until a renewal fails for longer than two thirds of its duration (each
+    /// attempt bounded, so a hanging API server cannot keep a leader that lost its lease); then
+    /// returns, before a follower may take over.
     pub async fn hold(&self) {
         let mut last_renewed = tokio::time::Instant::now();
         loop {
             tokio::time::sleep(self.duration / 3).await;
-            match self.try_acquire().await {
-                Ok(true) => last_renewed = tokio::time::Instant::now(),
-                Ok(false) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, "renewing the lease");
-                    if last_renewed.elapsed() >= self.duration {
-                        break;
-                    }
-                }
+            match tokio::time::timeout(self.duration / 3, self.try_acquire()).await {
+                Ok(Ok(true)) => last_renewed = tokio::time::Instant::now(),
+                Ok(Ok(false)) => break,
+                Ok(Err(e)) => tracing::warn!(error = %e, "renewing the lease"),
+                Err(_) => tracing::warn!("renewing the lease took too long"),
+            }
+            if last_renewed.elapsed() >= self.duration * 2 / 3 {
+                break;
             }
         }
         crate::metrics::set_leader(false);

@@ -39,7 +39,8 @@ impl SpecError {
     }
 }
 
-/// A `RelayChannel` as planning sees it.
+/// A `RelayChannel` as planning sees it: the one that owns its name (see
+/// [`crate::reconcile::declared`]).
 #[derive(Debug, Clone)]
 pub struct Declared<'a> {
     /// Its name: the channel it governs (and the sub-channels no deeper declaration takes).
@@ -75,6 +76,9 @@ pub fn governing<'a, 'b>(channel: &str, declared: &'b [Declared<'a>]) -> Option<
 pub struct Desired {
     /// The stream of the channel's tree (shared with every declaration under the same top-level name).
     pub stream: stream::Config,
+    /// Whether a declaration of the tree sets the stream's limits. When none does, an existing
+    /// stream keeps the limits it has: a leader going away must not shrink them (and trim messages).
+    pub stream_explicit: bool,
     pub queue_consumer: Option<consumer::pull::Config>,
     pub settings: ChannelSettings,
 }
@@ -85,7 +89,11 @@ pub fn desired(name: &str, spec: &RelayChannelSpec, declared: &[Declared]) -> Re
     relay_channel::ChannelId::parse(name).map_err(|e| SpecError::Name(name.to_owned(), e))?;
     let root = names::root(name);
     let own = spec.stream.clone();
-    let (leader_name, leader_stream) = match leader(root, declared) {
+    let stream_explicit =
+        own.is_some() || declared.iter().any(|d| names::root(d.name) == root && d.spec.stream.is_some());
+    // The shallowest declaration that sets the stream leads it (one that leaves it out inherits).
+    let explicit: Vec<Declared> = declared.iter().filter(|d| d.spec.stream.is_some()).cloned().collect();
+    let (leader_name, leader_stream) = match leader(root, &explicit) {
         Some(l) => (l.name.to_owned(), l.spec.stream.clone().unwrap_or_default()),
         None => (name.to_owned(), own.clone().unwrap_or_default()),
     };
@@ -142,7 +150,7 @@ pub fn desired(name: &str, spec: &RelayChannelSpec, declared: &[Declared]) -> Re
         owner: None,
         not_ready: None,
     };
-    Ok(Desired { stream, queue_consumer, settings })
+    Ok(Desired { stream, stream_explicit, queue_consumer, settings })
 }
 
 /// The stream of the tree under `root`: every channel under it, with the leader's limits.
@@ -155,7 +163,11 @@ pub fn tree_stream(root: &str, spec: &StreamSpec) -> Result<stream::Config, Spec
         max_age,
         // JetStream stores "no limit" as -1.
         max_messages: if spec.max_messages <= 0 { -1 } else { spec.max_messages },
-        max_bytes: size("stream.maxBytes", &spec.max_bytes)?,
+        // JetStream stores "no limit" as -1: 0 is written that way, or every pass would update it.
+        max_bytes: match size("stream.maxBytes", &spec.max_bytes)? {
+            0 => -1,
+            n => n,
+        },
         num_replicas: spec.replicas.max(1) as usize,
         storage: match spec.storage {
             crd::Storage::File => stream::StorageType::File,
@@ -342,6 +354,8 @@ mod tests {
         assert_eq!(d.stream.max_age, Duration::from_secs(60));
         assert_eq!(d.stream.duplicate_window, Duration::from_secs(60), "never longer than maxAge");
         assert_eq!(d.stream.max_messages, -1, "0 is stored as JetStream stores it, so no update loop");
+        let zero_bytes = alone("z", &spec(serde_json::json!({"stream": {"maxBytes": "0Gi"}}))).unwrap();
+        assert_eq!(zero_bytes.stream.max_bytes, -1);
         let forever = alone("keep", &spec(serde_json::json!({"stream": {"maxAge": "0"}}))).unwrap();
         assert_eq!(forever.stream.duplicate_window, DUPLICATE_WINDOW);
     }

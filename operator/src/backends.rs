@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex};
 use async_nats::jetstream::{self, consumer, context, stream};
 use futures::StreamExt;
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
 use relay_channel::{ChannelSettings, names};
+use relay_connect::redis::Conn;
 use tokio::sync::broadcast;
 
 use crate::crd::StreamStatus;
@@ -52,9 +52,22 @@ fn classify(what: &str, code: Option<jetstream::ErrorCode>, e: impl std::fmt::Di
         Some(jetstream::ErrorCode::STREAM_INVALID_CONFIG) => {
             refused("Unsupported", "JetStream refuses this stream configuration")
         }
-        Some(jetstream::ErrorCode::STORAGE_RESOURCES_EXCEEDED) => {
+        Some(
+            jetstream::ErrorCode::STORAGE_RESOURCES_EXCEEDED
+            | jetstream::ErrorCode::MEMORY_RESOURCES_EXCEEDED
+            | jetstream::ErrorCode::INSUFFICIENT_RESOURCES
+            | jetstream::ErrorCode::ACCOUNT_RESOURCES_EXCEEDED,
+        ) => {
             refused("Unsupported", "JetStream has no room for it: lower stream.maxBytes or give JetStream more storage")
         }
+        Some(jetstream::ErrorCode::CLUSTER_NO_PEERS) => {
+            refused("Unsupported", "the NATS cluster has fewer servers than stream.replicas asks for")
+        }
+        Some(
+            jetstream::ErrorCode::MAXIMUM_STREAMS_LIMIT
+            | jetstream::ErrorCode::MAXIMUM_CONSUMERS_LIMIT
+            | jetstream::ErrorCode::STREAM_LIMITS,
+        ) => refused("Unsupported", "a JetStream account limit refuses it"),
         _ => nats(what, e),
     }
 }
@@ -87,7 +100,7 @@ pub enum Trigger {
 pub struct Backends {
     pub nats: async_nats::Client,
     pub js: jetstream::Context,
-    pub redis: ConnectionManager,
+    pub redis: Conn,
     /// The settings JSON each declaration should have in Redis, as last written.
     pub written: Arc<Mutex<HashMap<String, String>>>,
     /// Drift and outages seen, for the controller to reconcile at once.
@@ -109,11 +122,7 @@ impl Backends {
             }
         });
         let nats = nats.connect(options).await?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(std::time::Duration::from_secs(2)))
-            .set_response_timeout(Some(std::time::Duration::from_secs(3)))
-            .set_number_of_retries(1);
-        let redis = ConnectionManager::new_lazy_with_config(redis.client()?, config)?;
+        let redis = redis.connect()?;
         Ok(Self { js: jetstream::new(nats.clone()), nats, redis, written: Arc::default(), triggers })
     }
 
@@ -124,41 +133,42 @@ impl Backends {
         redis_ok && self.nats.connection_state() == async_nats::connection::State::Connected
     }
 
-    /// The settings the channel `name` has now, and whether another resource owns them.
-    async fn current(
-        &self,
-        name: &str,
-        owner: &str,
-    ) -> Result<(Option<ChannelSettings>, Option<String>), BackendError> {
+    /// The settings the channel `name` has now (as stored, and parsed), and whether another
+    /// resource owns them.
+    async fn current(&self, name: &str, owner: &str) -> Result<Current, BackendError> {
         let mut conn = self.redis.clone();
         let raw: Option<String> = conn.get(names::settings_key(name)).await?;
-        let current = raw.and_then(|raw| ChannelSettings::from_json(&raw).ok());
-        let other = current.as_ref().and_then(|c| c.owner.clone()).filter(|o| o != owner);
-        Ok((current, other))
+        let parsed = raw.as_deref().and_then(|raw| ChannelSettings::from_json(raw).ok());
+        let other = parsed.as_ref().and_then(|c| c.owner.clone()).filter(|o| o != owner);
+        Ok(Current { raw, parsed, other })
     }
 
-    /// Makes the backends match `desired` for the channel `name`, owned by `owner`.
+    /// Makes the backends match `desired` for the channel `name`, owned by `owner` (the caller
+    /// decided it owns the name). Redis first: a new declaration is marked not in force, changed
+    /// rules of one in force apply at once, so neither waits for NATS.
     pub async fn apply(&self, name: &str, owner: &str, desired: &Desired) -> Result<Outcome, BackendError> {
+        let mut out = Outcome::default();
+        let current = self.current(name, owner).await?;
+        let mut settings = desired.settings.clone();
+        settings.owner = Some(owner.to_owned());
+        let in_force =
+            current.parsed.as_ref().is_some_and(|c| c.not_ready.is_none() && c.owner.as_deref() == Some(owner));
+        if !in_force {
+            let marked = ChannelSettings { not_ready: Some("Reconciling".into()), ..settings.clone() };
+            if current.raw.as_deref() != Some(marked.to_json().as_str()) {
+                self.write_settings(name, &marked).await?;
+                out.changes.push("declared the channel (not in force yet)".into());
+            }
+        } else if current.raw.as_deref() != Some(settings.to_json().as_str()) {
+            self.write_settings(name, &settings).await?;
+            out.changes.push("updated settings".into());
+        }
         // Say so at once rather than after JetStream's request timeout.
         if self.nats.connection_state() != async_nats::connection::State::Connected {
             return Err(BackendError::Nats("not connected".into()));
         }
-        let mut out = Outcome::default();
-        let (current, other) = self.current(name, owner).await?;
-        if let Some(other) = other {
-            out.conflict = Some(format!("channel {name} is already declared by RelayChannel {other}"));
-            return Ok(out);
-        }
-        let mut settings = desired.settings.clone();
-        settings.owner = Some(owner.to_owned());
-        if current.is_none() {
-            // First sight: declared, not yet in force.
-            self.write_settings(name, &ChannelSettings { not_ready: Some("Reconciling".into()), ..settings.clone() })
-                .await?;
-            out.changes.push("declared the channel (not in force yet)".into());
-        }
         let applied = async {
-            let stream = self.apply_stream(&desired.stream, &mut out).await?;
+            let stream = self.apply_stream(desired, &mut out).await?;
             self.apply_consumer(&stream, name, desired.queue_consumer.as_ref(), &mut out).await?;
             Ok::<_, BackendError>(stream)
         }
@@ -166,14 +176,14 @@ impl Backends {
         let mut stream = match applied {
             Ok(stream) => stream,
             Err(BackendError::Refused { reason, message }) => {
-                self.write_settings(name, &ChannelSettings { not_ready: Some(reason.into()), ..settings }).await?;
+                self.refuse(name, owner, reason).await?;
                 return Err(BackendError::Refused { reason, message });
             }
             Err(e) => return Err(e),
         };
-        if current.as_ref() != Some(&settings) {
+        if !in_force {
             self.write_settings(name, &settings).await?;
-            out.changes.push(if current.is_some() { "updated settings" } else { "wrote settings" }.into());
+            out.changes.push("put the channel in force".into());
         } else {
             self.remember(name, &settings);
         }
@@ -189,15 +199,19 @@ impl Backends {
     }
 
     /// Marks a declaration not in force (its spec cannot be applied), unless another resource owns
-    /// the channel.
+    /// the channel; writes only when that changes something.
     pub async fn refuse(&self, name: &str, owner: &str, reason: &str) -> Result<(), BackendError> {
-        let (current, other) = self.current(name, owner).await?;
-        if other.is_some() {
+        let current = self.current(name, owner).await?;
+        if current.other.is_some() {
             return Ok(());
         }
-        let mut settings = current.unwrap_or_default();
+        let mut settings = current.parsed.unwrap_or_default();
         settings.owner = Some(owner.to_owned());
         settings.not_ready = Some(reason.to_owned());
+        if current.raw.as_deref() == Some(settings.to_json().as_str()) {
+            self.remember(name, &settings);
+            return Ok(());
+        }
         self.write_settings(name, &settings).await
     }
 
@@ -213,8 +227,8 @@ impl Backends {
         self.written.lock().expect("written lock").insert(name.to_owned(), settings.to_json());
     }
 
-    async fn apply_stream(&self, desired: &stream::Config, out: &mut Outcome) -> Result<stream::Stream, BackendError> {
-        let observed = match self.js.get_stream(&desired.name).await {
+    async fn apply_stream(&self, desired: &Desired, out: &mut Outcome) -> Result<stream::Stream, BackendError> {
+        let observed = match self.js.get_stream(&desired.stream.name).await {
             Ok(mut s) => Some(s.info().await.map_err(|e| nats("stream info", e))?.config.clone()),
             Err(e) if matches!(e.kind(), context::GetStreamErrorKind::JetStream(j) if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) => {
                 None
@@ -225,6 +239,14 @@ impl Backends {
             context::CreateStreamErrorKind::JetStream(j) => Some(j.error_code()),
             _ => None,
         };
+        // No declaration of the tree sets limits: an existing stream keeps its own.
+        let desired = match &observed {
+            Some(o) if !desired.stream_explicit => {
+                stream::Config { subjects: desired.stream.subjects.clone(), ..o.clone() }
+            }
+            _ => desired.stream.clone(),
+        };
+        let desired = &desired;
         match plan::plan_stream(desired, observed.as_ref()) {
             StreamAction::Create => {
                 self.js
@@ -283,9 +305,10 @@ impl Backends {
 
     /// Removes the declaration `name`: its settings always (it is no longer declared); with
     /// `delete_data` also the data of the channels it governs: their Redis keys, their messages in
-    /// the tree's stream (the whole stream when it was the tree's last declaration) and their queue
+    /// the tree's stream (the stream itself when it is left empty and undeclared) and their queue
     /// consumers. What `remaining` declarations govern (a nested declaration's sub-tree) is never
-    /// touched. Skips a channel owned by another resource.
+    /// touched, nor is anything when another resource owns the channel. Then whoever waits for the
+    /// name is reconciled.
     pub async fn cleanup(
         &self,
         name: &str,
@@ -293,44 +316,50 @@ impl Backends {
         delete_data: bool,
         remaining: &[Declared<'_>],
     ) -> Result<(), BackendError> {
-        let (_, other) = self.current(name, owner).await?;
-        if other.is_some() {
+        if relay_channel::ChannelId::parse(name).is_err() {
+            // Not a channel id (a hand-written file): it cannot have been applied, and its name
+            // must never reach a SCAN pattern.
+            return Ok(());
+        }
+        if self.current(name, owner).await?.other.is_some() {
             return Ok(());
         }
         let mut conn = self.redis.clone();
         let () = conn.del(names::settings_key(name)).await?;
         self.written.lock().expect("written lock").remove(name);
         self.announce(name).await?;
-        // Someone waiting for this name (a Conflict in another namespace) can have it now.
-        let _ = self.triggers.send(Trigger::All);
-        if !delete_data {
-            return Ok(());
+        if delete_data {
+            let remaining: Vec<Declared> =
+                remaining.iter().filter(|d| d.owner != owner && d.name != name).cloned().collect();
+            let deeper = format!("{name}.");
+            // Governed by `name`: the channel or a sub-channel of it that no remaining deeper
+            // declaration takes.
+            let mine = |channel: &str| {
+                (channel == name || channel.starts_with(&deeper))
+                    && plan::governing(channel, &remaining).is_none_or(|d| !d.name.starts_with(&deeper))
+            };
+            self.delete_redis_data(name, &mine).await?;
+            self.delete_stream_data(name, &remaining, &mine).await?;
         }
-        let remaining: Vec<Declared> = remaining.iter().filter(|d| d.name != name).cloned().collect();
-        // Governed by `name` once it is gone: no remaining declaration is a deeper prefix.
-        let mine = |channel: &str| {
-            plan::governing(channel, &remaining).is_none_or(|d| !d.name.starts_with(&format!("{name}.")))
-        };
-        self.delete_redis_data(name, &mine).await?;
-        self.delete_stream_data(name, &remaining, &mine).await
+        // Someone waiting for this name (a Conflict in another namespace) can have it now.
+        let _ = self.triggers.send(Trigger::Channel(name.to_owned()));
+        Ok(())
     }
 
     async fn delete_redis_data(&self, name: &str, mine: &(dyn Fn(&str) -> bool + Sync)) -> Result<(), BackendError> {
         let mut conn = self.redis.clone();
         for pattern in [format!("relay:{{{name}}}:*"), format!("relay:{{{name}.*}}:*")] {
-            let keys: Vec<String> = {
-                let mut iter: redis::AsyncIter<String> = conn.scan_match(&pattern).await?;
-                let mut keys = Vec::new();
-                while let Some(k) = iter.next().await {
-                    let k = k?;
-                    if key_channel(&k).is_some_and(mine) {
-                        keys.push(k);
-                    }
-                }
-                keys
-            };
-            for chunk in keys.chunks(500) {
-                let () = conn.del(chunk).await?;
+            let keys: Vec<String> = self
+                .redis
+                .scan(&pattern)
+                .await?
+                .into_iter()
+                // Settings are the declarations' own business (a nested one's must stay).
+                .filter(|k| !k.ends_with(":config") && key_channel(k).is_some_and(mine))
+                .collect();
+            // One DEL per key: in a Redis Cluster they live in different slots.
+            for key in keys {
+                let () = conn.del(&key).await?;
             }
         }
         Ok(())
@@ -344,21 +373,14 @@ impl Backends {
     ) -> Result<(), BackendError> {
         let root = names::root(name);
         let stream_name = names::stream_name(root);
-        if !remaining.iter().any(|d| names::root(d.name) == root) {
-            return match self.js.delete_stream(&stream_name).await {
-                Ok(_) => Ok(()),
-                Err(e) if matches!(e.kind(), context::GetStreamErrorKind::JetStream(j) if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) => {
-                    Ok(())
-                }
-                Err(e) => Err(nats("delete stream", e)),
-            };
-        }
-        // The tree goes on: take out only what this declaration governed.
-        let stream = match self.js.get_stream(&stream_name).await {
+        let not_found = |e: &context::GetStreamError| matches!(e.kind(), context::GetStreamErrorKind::JetStream(j) if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND);
+        let mut stream = match self.js.get_stream(&stream_name).await {
             Ok(s) => s,
-            Err(_) => return Ok(()),
+            Err(e) if not_found(&e) => return Ok(()),
+            Err(e) => return Err(nats("get stream", e)),
         };
         let subject = names::subject(name);
+        let prefix = format!("{}.", names::GROUP);
         for filter in [subject.clone(), format!("{subject}.>")] {
             let mut subjects = stream.info_with_subjects(filter).await.map_err(|e| nats("stream subjects", e))?;
             let mut found = Vec::new();
@@ -367,7 +389,7 @@ impl Backends {
                 found.push(s);
             }
             for s in found {
-                if s.strip_prefix(&format!("{}.", names::GROUP)).is_some_and(mine) {
+                if s.strip_prefix(&prefix).is_some_and(mine) {
                     stream.purge().filter(s).await.map_err(|e| nats("purge", e))?;
                 }
             }
@@ -376,13 +398,23 @@ impl Backends {
         let mut doomed = Vec::new();
         while let Some(info) = consumers.next().await {
             let info = info.map_err(|e| nats("list consumers", e))?;
-            let channel = info.config.filter_subject.strip_prefix(&format!("{}.", names::GROUP)).map(str::to_owned);
-            if channel.is_some_and(|c| (c == name || c.starts_with(&format!("{name}."))) && mine(&c)) {
+            if info.config.filter_subject.strip_prefix(&prefix).is_some_and(mine) {
                 doomed.push(info.name.clone());
             }
         }
         for consumer in doomed {
             stream.delete_consumer(&consumer).await.map_err(|e| nats("delete consumer", e))?;
+        }
+        // The tree's last declaration takes the stream along, unless messages someone kept
+        // (`Retain`) are still in it.
+        let undeclared = !remaining.iter().any(|d| names::root(d.name) == root);
+        if undeclared && stream.info().await.map_err(|e| nats("stream info", e))?.state.messages == 0 {
+            match self.js.delete_stream(&stream_name).await {
+                Ok(_) => {}
+                Err(e) if matches!(e.kind(), context::DeleteStreamErrorKind::JetStream(j) if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+                    {}
+                Err(e) => return Err(nats("delete stream", e)),
+            }
         }
         Ok(())
     }
@@ -394,6 +426,14 @@ impl Backends {
             .await
             .map_err(|e| nats("announce settings change", e))
     }
+}
+
+/// What Redis holds for a declaration now.
+struct Current {
+    raw: Option<String>,
+    parsed: Option<ChannelSettings>,
+    /// Another resource's owner string, when it owns the settings.
+    other: Option<String>,
 }
 
 /// The channel a `relay:{<channel>}:...` key belongs to.

@@ -27,6 +27,13 @@ struct Config {
     /// A private CA (PEM) to trust for Redis (with a rediss:// URL).
     #[arg(long, env = "OPERATOR_REDIS_CA_FILE")]
     redis_ca_file: Option<PathBuf>,
+    /// How Redis is deployed: standalone, cluster (the URLs are seeds) or sentinel (the URLs are
+    /// sentinels).
+    #[arg(long, env = "OPERATOR_REDIS_MODE", default_value = "standalone", value_parser = ["standalone", "cluster", "sentinel"])]
+    redis_mode: String,
+    /// Sentinel mode: the name the sentinels monitor the master under.
+    #[arg(long, env = "OPERATOR_REDIS_MASTER_NAME")]
+    redis_master_name: Option<String>,
     /// /metrics, /healthz, /readyz.
     #[arg(long, env = "OPERATOR_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
     admin_listen: std::net::SocketAddr,
@@ -85,7 +92,12 @@ async fn main() -> anyhow::Result<()> {
         ca_file: config.nats_ca_file.clone(),
         creds_file: config.nats_creds_file.clone(),
     };
-    let redis = relay_connect::Redis { url: config.redis_url.clone(), ca_file: config.redis_ca_file.clone() };
+    let redis = relay_connect::Redis {
+        url: config.redis_url.clone(),
+        ca_file: config.redis_ca_file.clone(),
+        mode: config.redis_mode.parse().map_err(anyhow::Error::msg)?,
+        master_name: config.redis_master_name.clone(),
+    };
     let backends = Backends::connect(&nats, &redis).await.context("connecting to NATS and Redis")?;
     let listener = tokio::net::TcpListener::bind(config.admin_listen)
         .await

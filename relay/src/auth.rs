@@ -185,8 +185,10 @@ impl Verifier {
         }
     }
 
-    /// Counts a token never seen against its client's allowance.
+    /// Counts a token never seen against its client's allowance: one per IPv4 address, one per
+    /// IPv6 /64 (what one host usually holds).
     fn admit(&self, peer: IpAddr) -> Result<()> {
+        let peer = network_of(peer);
         let misses = &self.inner.misses;
         if misses.len() > TRACKED_PEERS {
             misses.retain_recent();
@@ -201,6 +203,17 @@ impl Verifier {
     pub fn cached(&self) -> u64 {
         self.inner.cache.run_pending_tasks();
         self.inner.cache.entry_count()
+    }
+}
+
+/// The address a client is counted by: an IPv4 address (mapped ones too), or an IPv6 /64.
+fn network_of(peer: IpAddr) -> IpAddr {
+    match peer {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(v6.to_bits() & !u128::from(u64::MAX))),
+        },
+        v4 => v4,
     }
 }
 
@@ -374,5 +387,16 @@ mod tests {
         let other: IpAddr = "192.0.2.8".parse().unwrap();
         let t = jwt(r#"{"id":"x","exp":4000000000}"#);
         assert!(!matches!(v.verify(&t, Some(other)).await, Err(Error::ResourceExhausted(_))), "per address");
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_per_64_and_mapped_ipv4_as_ipv4() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff:1:2:3".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(network_of(a), network_of(b), "one /64, one allowance");
+        assert_ne!(network_of(a), network_of(c));
+        assert_eq!(network_of("::ffff:192.0.2.7".parse().unwrap()), "192.0.2.7".parse::<IpAddr>().unwrap());
+        assert_eq!(network_of("192.0.2.7".parse().unwrap()), "192.0.2.7".parse::<IpAddr>().unwrap());
     }
 }

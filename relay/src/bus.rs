@@ -89,6 +89,11 @@ impl Bus {
     }
 
     /// UNAVAILABLE unless connected: nothing is queued for a server that is not there.
+    /// The largest message the server takes (what it announced when this connection began).
+    pub fn max_payload(&self) -> usize {
+        self.client.server_info().max_payload
+    }
+
     pub fn ensure_connected(&self) -> Result<()> {
         if self.connected() { Ok(()) } else { Err(Error::unavailable("nats", "not connected")) }
     }

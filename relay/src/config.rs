@@ -19,6 +19,16 @@ pub enum Undeclared {
     Allow,
 }
 
+/// How Redis is deployed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RedisMode {
+    Standalone,
+    /// Redis Cluster: the URLs are seeds.
+    Cluster,
+    /// A master found through Sentinel: the URLs are sentinels.
+    Sentinel,
+}
+
 /// Relay server settings.
 #[derive(Clone, Debug, Parser)]
 #[command(name = "relay", version, about = "Realtime channels: gRPC and gRPC-web relay")]
@@ -38,9 +48,16 @@ pub struct Config {
     /// A NATS credentials file (JWT and NKey seed).
     #[arg(long, env = "RELAY_NATS_CREDS_FILE")]
     pub nats_creds_file: Option<PathBuf>,
-    /// redis:// or rediss:// (TLS); ACL user and password in the URL.
+    /// redis:// or rediss:// (TLS); ACL user and password in the URL. Comma-separated cluster seeds
+    /// or sentinels with --redis-mode cluster or sentinel.
     #[arg(long, env = "RELAY_REDIS_URL", default_value = "redis://127.0.0.1:6379", hide_env_values = true)]
     pub redis_url: String,
+    /// How Redis is deployed.
+    #[arg(long, env = "RELAY_REDIS_MODE", value_enum, default_value = "standalone")]
+    pub redis_mode: RedisMode,
+    /// Sentinel mode: the name the sentinels monitor the master under.
+    #[arg(long, env = "RELAY_REDIS_MASTER_NAME")]
+    pub redis_master_name: Option<String>,
     /// A private CA (PEM) to trust for Redis (with a rediss:// URL).
     #[arg(long, env = "RELAY_REDIS_CA_FILE")]
     pub redis_ca_file: Option<PathBuf>,
@@ -109,7 +126,16 @@ impl Config {
     }
 
     pub fn redis(&self) -> relay_connect::Redis {
-        relay_connect::Redis { url: self.redis_url.clone(), ca_file: self.redis_ca_file.clone() }
+        relay_connect::Redis {
+            url: self.redis_url.clone(),
+            ca_file: self.redis_ca_file.clone(),
+            mode: match self.redis_mode {
+                RedisMode::Standalone => relay_connect::RedisMode::Standalone,
+                RedisMode::Cluster => relay_connect::RedisMode::Cluster,
+                RedisMode::Sentinel => relay_connect::RedisMode::Sentinel,
+            },
+            master_name: self.redis_master_name.clone(),
+        }
     }
 }
 

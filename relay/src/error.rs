@@ -34,6 +34,16 @@ pub enum Error {
     ShuttingDown,
 }
 
+/// A client's value as an error message may quote it: its first 64 characters, quoted, with `...`
+/// when it was longer (a status travels in a header; a megabyte id must not come back whole).
+pub fn quote(raw: &str) -> String {
+    const SHOWN: usize = 64;
+    match raw.char_indices().nth(SHOWN) {
+        Some((cut, _)) => format!("{:?}...", &raw[..cut]),
+        None => format!("{raw:?}"),
+    }
+}
+
 impl Error {
     pub fn unavailable(what: &'static str, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
         Error::Unavailable { what, source: source.into() }
@@ -128,6 +138,14 @@ fn log_unavailable(what: &'static str, source: &(dyn std::error::Error + Send + 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quoted_client_values_are_clipped() {
+        assert_eq!(quote("abc"), "\"abc\"");
+        let long = "é".repeat(10_000);
+        let q = quote(&long);
+        assert!(q.len() < 200 && q.ends_with("...") && q.starts_with("\"éé"), "{q}");
+    }
 
     #[test]
     fn clients_read_the_part_not_the_backend_detail() {

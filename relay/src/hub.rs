@@ -23,7 +23,7 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use crate::bus::Bus;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::order::{self, Out, REORDER_WAIT, Reorder};
 use crate::store::{After, Read, Store};
 
@@ -82,8 +82,11 @@ impl Hub {
             }
             slots.entry(channel.to_owned()).or_default().clone()
         };
-        // Only this channel's joiners wait here, for one subscription.
-        let mut current = slot.lock().await;
+        // Only this channel's joiners wait here, for one subscription; not for a queue of failing
+        // attempts on a slow NATS, though: each takes up to the bus deadline.
+        let Ok(mut current) = tokio::time::timeout(crate::bus::NATS_TIMEOUT, slot.lock()).await else {
+            return Err(Error::unavailable("nats", "subscribing to the channel took too long"));
+        };
         if let Some(t) = current.upgrade() {
             return Ok(t);
         }
@@ -171,13 +174,28 @@ impl Pump {
     /// Reads the gap before the waiting messages from history.
     async fn repair(&mut self) -> Vec<Out> {
         let Some((after, before)) = self.order.gap() else { return Vec::new() };
-        match self.store.between(&self.channel, after, before).await {
-            Ok(page) => self.order.fill(&page.epoch, page.messages),
+        let page = match self.store.between(&self.channel, after, before).await {
+            Ok(page) if self.newer_epoch(&page, after) => self.epoch_start().await,
+            page => page,
+        };
+        match page {
+            Ok(page) => self.order.fill(&page.epoch, page.messages, page.more),
             Err(e) => {
                 tracing::warn!(channel = %self.channel, error = %e, "could not repair a gap from history");
                 self.order.skip_gap(order::reason::UNREADABLE)
             }
         }
+    }
+
+    /// Whether a page read after `after` is of an epoch newer than the hub's: its own messages up
+    /// to `after` were skipped, and must be read from its start.
+    fn newer_epoch(&self, page: &crate::store::Page, after: u64) -> bool {
+        after > 0 && page.epoch.as_str() > self.order.position().0
+    }
+
+    /// The first page of the channel's current epoch.
+    async fn epoch_start(&self) -> Result<crate::store::Page> {
+        self.store.read(&self.channel, Read::After(After::Seq(0)), crate::store::MAX_REPAIR, Duration::ZERO).await
     }
 
     /// After a NATS reconnect: once the server has the subscription again, reads what was
@@ -191,14 +209,18 @@ impl Pump {
         for _ in 0..CATCH_UP_PAGES {
             let (_, last) = self.order.position();
             let after = last.unwrap_or(0);
-            match self
+            let page = match self
                 .store
                 .read(&self.channel, Read::After(After::Seq(after)), crate::store::MAX_REPAIR, Duration::ZERO)
                 .await
             {
+                Ok(page) if self.newer_epoch(&page, after) => self.epoch_start().await,
+                page => page,
+            };
+            match page {
                 Ok(page) => {
                     let more = page.more;
-                    out.extend(self.order.fill(&page.epoch, page.messages));
+                    out.extend(self.order.fill(&page.epoch, page.messages, more));
                     if !more {
                         return out;
                     }

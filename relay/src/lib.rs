@@ -57,7 +57,7 @@ pub struct Relay {
     pub hub: hub::Hub,
     pub rate: rate::RateLimiter,
     pub streams: streams::Streams,
-    pub republish: republish::Republisher,
+    pub republish: std::sync::Arc<republish::Republisher>,
     /// Cancelled on SIGTERM: streams end with UNAVAILABLE so clients go to another replica.
     pub shutdown: CancellationToken,
 }
@@ -69,17 +69,17 @@ impl Relay {
     }
 
     /// The client's address: from `--client-ip-header` when set (the last entry of a list), else
-    /// the TCP peer.
+    /// (or when the header is missing or not an address) the TCP peer, so that leaving the header
+    /// out never escapes the per-address limits.
     pub fn peer<T>(&self, req: &tonic::Request<T>) -> Option<std::net::IpAddr> {
-        match &self.config.client_ip_header {
-            Some(header) => req
-                .metadata()
+        let from_header = self.config.client_ip_header.as_ref().and_then(|header| {
+            req.metadata()
                 .get(header.as_str())
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.rsplit(',').next())
-                .and_then(|v| v.trim().parse().ok()),
-            None => req.remote_addr().map(|a| a.ip()),
-        }
+                .and_then(|v| v.trim().parse().ok())
+        });
+        from_header.or_else(|| req.remote_addr().map(|a| a.ip()))
     }
 }
 

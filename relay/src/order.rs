@@ -135,6 +135,9 @@ pub struct Reorder {
     seq: Sequencer,
     early: BTreeMap<u64, WireMessage>,
     recent: Recent,
+    /// Given up on a gap (a marker said so): the next message is taken whatever its seq, as long
+    /// as it is newer than the last delivered.
+    skipping: bool,
 }
 
 impl Reorder {
@@ -186,6 +189,12 @@ impl Reorder {
                 self.release(&mut out);
                 out
             }
+            Step::Gap { .. } if self.skipping => {
+                let mut out = Vec::new();
+                self.deliver(m, &mut out);
+                self.release(&mut out);
+                out
+            }
             Step::Gap { .. } => {
                 self.early.insert(m.seq, m);
                 Vec::new()
@@ -198,9 +207,11 @@ impl Reorder {
         self.seq = Sequencer { last };
         self.early.clear();
         self.recent.clear();
+        self.skipping = false;
     }
 
     fn deliver(&mut self, m: WireMessage, out: &mut Vec<Out>) {
+        self.skipping = false;
         self.seq.delivered(m.seq);
         self.recent.push(&m);
         out.push(Out::Message(m));
@@ -218,9 +229,10 @@ impl Reorder {
     }
 
     /// Takes what history holds after the last delivered seq (`epoch` is the epoch history was in
-    /// when read) and returns everything now deliverable. What history no longer holds is skipped
-    /// behind a marker rather than waited for forever; a history in a newer epoch starts it.
-    pub fn fill(&mut self, epoch: &str, from_history: Vec<WireMessage>) -> Vec<Out> {
+    /// when read; `more`: the read stopped short, more follows) and returns everything now
+    /// deliverable. What a complete read shows history no longer holds is skipped behind a marker
+    /// rather than waited for forever; a history in a newer epoch starts it.
+    pub fn fill(&mut self, epoch: &str, from_history: Vec<WireMessage>, more: bool) -> Vec<Out> {
         let mut out = Vec::new();
         if self.epoch.is_empty() {
             self.epoch = epoch.to_owned();
@@ -249,18 +261,19 @@ impl Reorder {
             }
         }
         self.release(&mut out);
-        if !self.early.is_empty() {
+        if !more && !self.early.is_empty() {
             out.extend(self.skip_gap(reason::EXPIRED));
         }
         out
     }
 
-    /// Stops tracking the position: what waits goes out behind markers, and the next message is
-    /// taken as it comes, after a marker saying why.
+    /// Stops waiting for what follows the last delivered message: what waits goes out behind
+    /// markers, and the next newer message is taken as it comes, after a marker saying why. The
+    /// position is kept: what was delivered is never delivered again.
     pub fn give_up(&mut self, why: &'static str) -> Vec<Out> {
         let mut out = self.drain_early(why);
         out.push(Out::marker(&self.epoch, why));
-        self.seq.last = None;
+        self.skipping = true;
         out
     }
 
@@ -475,15 +488,22 @@ mod tests {
         let mut r = started(5);
         assert!(r.push(m(8)).is_empty());
         assert!(r.push(m(9)).is_empty());
-        assert_eq!(seqs(&r.fill("e1", vec![m(6), m(7)])), [6, 7, 8, 9]);
+        assert_eq!(seqs(&r.fill("e1", vec![m(6), m(7)], false)), [6, 7, 8, 9]);
         // History lost 11 (retention): a marker, never a silent skip.
         assert!(r.push(m(12)).is_empty());
-        assert_eq!(seqs(&r.fill("e1", vec![m(10)])), [10, 0, 12]);
+        assert!(r.push(m(12)).is_empty());
+        assert_eq!(seqs(&r.fill("e1", vec![m(10)], true)), [10], "a read cut short: 11 may still come");
+        assert_eq!(r.gap(), Some((10, 12)));
+        assert_eq!(seqs(&r.fill("e1", vec![], false)), [0, 12]);
         assert_eq!(r.gap(), None);
         assert_eq!(seqs(&r.push(m(13))), [13]);
         // History in another epoch cannot fill the gap either.
         assert!(r.push(m(15)).is_empty());
-        assert_eq!(seqs(&r.fill("e2", vec![me("e2", 1, "x")])), [0, 15, 0, 1], "what waited, then the new epoch");
+        assert_eq!(
+            seqs(&r.fill("e2", vec![me("e2", 1, "x")], false)),
+            [0, 15, 0, 1],
+            "what waited, then the new epoch"
+        );
     }
 
     #[test]
@@ -515,6 +535,23 @@ mod tests {
         assert_eq!(seqs(&out), [0, 4]);
         assert!(matches!(&out[0], Out::Marker(Marker { reason, .. }) if *reason == reason::REWOUND));
         assert_eq!(seqs(&r.push(me("e1", 5, "new-5"))), [5]);
+    }
+
+    #[test]
+    fn giving_up_keeps_the_position_so_nothing_is_delivered_twice() {
+        let mut r = started(5);
+        assert!(r.push(m(8)).is_empty());
+        assert_eq!(seqs(&r.give_up(reason::UNREADABLE)), [0, 8, 0], "what waited goes out behind markers");
+        assert_eq!(r.position(), ("e1", Some(8)));
+        assert_eq!(r.gap(), None);
+        // A catch-up reads after 8, not from the start of history.
+        assert_eq!(seqs(&r.fill("e1", (1..=9).map(m).collect(), false)), [9]);
+        assert!(r.push(m(3)).is_empty(), "an old copy is still a duplicate");
+        // After giving up again, the next newer message goes out whatever came before it.
+        r.give_up(reason::UNREADABLE);
+        assert_eq!(seqs(&r.push(m(12))), [12]);
+        assert!(r.push(m(14)).is_empty(), "and then order is kept again");
+        assert_eq!(r.gap(), Some((12, 14)));
     }
 
     #[test]

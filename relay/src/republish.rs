@@ -63,7 +63,13 @@ impl Republisher {
             }
             if let Err(e) = publish(&bus, &p.message, p.jetstream).await {
                 tracing::debug!(channel = %p.message.channelid, seq = p.message.seq, error = %e, "republishing; will retry");
-                self.queue.lock().expect("republish lock").push_front(p);
+                // NATS away: everything waits, oldest first. NATS there but refusing this one (its
+                // stream gone, say): the others go ahead of it rather than wait for its give-up.
+                let away = !bus.connected();
+                {
+                    let mut queue = self.queue.lock().expect("republish lock");
+                    if away { queue.push_front(p) } else { queue.push_back(p) }
+                }
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }

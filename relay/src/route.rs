@@ -41,7 +41,10 @@ pub async fn call(relay: &Relay, stream: &str, call: Call) -> Result<u64> {
         return handle(relay, call).await;
     }
     let Some(replica) = crate::streams::replica_of(stream) else {
-        return Err(Error::InvalidArgument(format!("{stream:?} is not a stream id (from StreamStarted)")));
+        return Err(Error::InvalidArgument(format!(
+            "{} is not a stream id (from StreamStarted)",
+            crate::error::quote(stream)
+        )));
     };
     let payload = serde_json::to_vec(&call).expect("calls serialize");
     relay.bus.ensure_connected()?;
@@ -62,6 +65,9 @@ pub async fn call(relay: &Relay, stream: &str, call: Call) -> Result<u64> {
     }
 }
 
+/// Routed calls served at once; more are answered UNAVAILABLE at once.
+const MAX_IN_FLIGHT: usize = 1024;
+
 /// Serves calls routed to this replica until the subscription ends.
 pub async fn serve(relay: Arc<Relay>) {
     let mut sub = match relay.bus.client.subscribe(subject(&relay.streams.replica)).await {
@@ -71,10 +77,20 @@ pub async fn serve(relay: Arc<Relay>) {
             return;
         }
     };
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
     while let Some(msg) = sub.next().await {
         let Some(reply) = msg.reply else { continue };
         let relay = relay.clone();
+        let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+            let busy = Answer::Err {
+                code: tonic::Code::Unavailable as i32,
+                message: "the stream's relay is busy; retry".into(),
+            };
+            let _ = relay.bus.client.publish(reply, serde_json::to_vec(&busy).expect("answers serialize").into()).await;
+            continue;
+        };
         tokio::spawn(async move {
+            let _permit = permit;
             let answer = match serde_json::from_slice::<Call>(&msg.payload) {
                 Ok(call) => match handle(&relay, call).await {
                     Ok(n) => Answer::Ok(n),

@@ -16,7 +16,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::config::Config;
 use crate::proto::relay_service_server::RelayServiceServer;
-use crate::{Relay, auth, bus, hub, metrics, rate, republish, route, rpc, settings, store, streams};
+use crate::{Relay, auth, bus, hub, metrics, rate, route, rpc, settings, store, streams};
 
 /// The HTTP/2 connection window the relay grants each client.
 const CONNECTION_WINDOW: u32 = 8 << 20;
@@ -49,7 +49,7 @@ fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
 /// Connects to NATS and Redis (both lazily: the relay starts, not ready, while they are down) and
 /// builds the shared state.
 pub async fn connect(config: Config) -> anyhow::Result<Arc<Relay>> {
-    let store = store::Store::new(config.redis().client()?)?;
+    let store = store::Store::new(config.redis().connect()?)?;
     let (reconnected, _) = broadcast::channel(16);
     let events = reconnected.clone();
     let generation = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -85,7 +85,7 @@ pub async fn connect(config: Config) -> anyhow::Result<Arc<Relay>> {
         jetstream: async_nats::jetstream::new(nats),
         rate: rate::RateLimiter::default(),
         streams: streams::Streams::new(config.max_streams_per_user as usize),
-        republish: republish::Republisher::default(),
+        republish: Arc::default(),
         shutdown: CancellationToken::new(),
         reconnected,
         verifier,

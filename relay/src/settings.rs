@@ -82,11 +82,10 @@ impl SettingsCache {
 
     async fn load(&self, channel: &ChannelId) -> Result<Governed> {
         let candidates: Vec<&str> = channel.governing_candidates().collect();
-        let mut pipe = redis::pipe();
-        for c in &candidates {
-            pipe.get(names::settings_key(c));
-        }
-        let found: Vec<Option<String>> = self.store.query(pipe).await?;
+        // One GET each, concurrently: the keys live in different Redis Cluster slots.
+        let gets =
+            candidates.iter().map(|c| self.store.query::<Option<String>>(redis::Cmd::get(names::settings_key(c))));
+        let found: Vec<Option<String>> = futures::future::try_join_all(gets).await?;
         for (name, raw) in candidates.iter().zip(found) {
             if let Some(raw) = raw {
                 let settings = ChannelSettings::from_json(&raw).map_err(|e| {

@@ -78,8 +78,10 @@ impl Streams {
     /// The open stream `id` of `user` on this replica. NOT_FOUND when there is none, or when it is
     /// someone else's (the same answer, so ids cannot be probed).
     pub fn get(&self, id: &str, user: &str) -> Result<Arc<Stream>> {
-        let inner = self.inner.lock().expect("streams lock");
-        inner.by_id.get(id).and_then(Weak::upgrade).filter(|s| s.user == user).ok_or_else(|| not_open(id))
+        // Upgraded outside the lock: the upgraded handle may be the last one (the stream ending
+        // meanwhile), and dropping it takes the lock again.
+        let weak = self.inner.lock().expect("streams lock").by_id.get(id).cloned();
+        weak.and_then(|w| w.upgrade()).filter(|s| s.user == user).ok_or_else(|| not_open(id))
     }
 
     /// Whether `id` names a stream of this replica.
@@ -90,6 +92,10 @@ impl Streams {
 
 /// The replica part of a stream id.
 pub fn replica_of(id: &str) -> Option<&str> {
+    // Ten letters, a dash and a u64: never longer than this.
+    if id.len() > 32 {
+        return None;
+    }
     let (replica, n) = id.split_once('-')?;
     (!replica.is_empty() && replica.bytes().all(|b| b.is_ascii_lowercase()) && n.parse::<u64>().is_ok())
         .then_some(replica)
@@ -97,7 +103,8 @@ pub fn replica_of(id: &str) -> Option<&str> {
 
 pub fn not_open(id: &str) -> Error {
     Error::NotFound(format!(
-        "stream {id:?} is not open (it ended, or it is not yours); its unacked messages are delivered again"
+        "stream {} is not open (it ended, or it is not yours); its unacked messages are delivered again",
+        crate::error::quote(id)
     ))
 }
 
@@ -157,6 +164,24 @@ mod tests {
         assert!(matches!(streams.get(&a.id, "u2"), Err(Error::NotFound(_))), "not someone else's");
         drop(a);
         assert!(streams.open("u1", "t", 0).is_ok(), "a closed stream frees its slot");
+        assert!(streams.get(&b.id, "u1").is_ok());
+        // Someone else's id, its stream ending while looked up: the last handle is dropped in
+        // `get`, which must not hold the registry's lock then.
+        let c = streams.open("u3", "t", 0).unwrap();
+        let id = c.id.clone();
+        let weak = Arc::downgrade(&c);
+        let looking = std::thread::spawn({
+            let streams = Arc::new(streams);
+            move || {
+                for _ in 0..10_000 {
+                    let _ = streams.get(&id, "u1");
+                }
+                streams
+            }
+        });
+        drop(c);
+        let streams = looking.join().unwrap();
+        assert!(weak.upgrade().is_none());
         assert!(streams.get(&b.id, "u1").is_ok());
         for bad in ["", "-", "abc", "ABC-1", "abc-x", "a.b-1"] {
             assert_eq!(replica_of(bad), None, "{bad}");

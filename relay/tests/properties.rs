@@ -87,11 +87,11 @@ proptest! {
             // History always has what is missing: a repair fills any gap.
             if r.overfull() {
                 let (after, before) = r.gap().unwrap();
-                out.extend(r.fill("e1", (after + 1..before).map(m).collect()));
+                out.extend(r.fill("e1", (after + 1..before).map(m).collect(), false));
             }
         }
         while let Some((after, before)) = r.gap() {
-            out.extend(r.fill("e1", (after + 1..before).map(m).collect()));
+            out.extend(r.fill("e1", (after + 1..before).map(m).collect(), false));
         }
         prop_assert_eq!(messages(&out), (1..=n).collect::<Vec<_>>());
         prop_assert_eq!(markers(&out), 0);
@@ -106,7 +106,7 @@ proptest! {
             out.extend(r.push(m(seq)));
         }
         while let Some((after, before)) = r.gap() {
-            out.extend(r.fill("e1", (after + 1..before).filter(|s| !lost.contains(s)).map(m).collect()));
+            out.extend(r.fill("e1", (after + 1..before).filter(|s| !lost.contains(s)).map(m).collect(), false));
         }
         let got = messages(&out);
         prop_assert!(got.windows(2).all(|w| w[0] < w[1]), "in order: {:?}", got);

@@ -21,9 +21,21 @@ pub use servers::{
 use std::net::TcpListener;
 use std::time::Duration;
 
-/// A port nobody listens on right now.
+/// A port nobody listens on right now, never handed out before by this process. Picked below the
+/// kernel's ephemeral range (32768 and up), where outgoing connections take their local ports, so
+/// a server started a moment later does not find its port taken by some client's connection.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().expect("ports lock");
+    for _ in 0..10_000 {
+        let port = rand::random_range(15_000..32_000u16);
+        if given.contains(&port) || TcpListener::bind(("127.0.0.1", port)).is_err() {
+            continue;
+        }
+        given.push(port);
+        return port;
+    }
+    panic!("no free port below 32000")
 }
 
 /// Polls `check` every 50ms until it returns true or `within` passes.

@@ -193,11 +193,8 @@ fn tls_cas_and_nats_credentials_come_from_secrets() {
 fn the_readmes_kubernetes_steps_name_objects_the_chart_makes() {
     let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
     let install = readme.split("## Install on Kubernetes").nth(1).expect("an install section");
-    let release = install
-        .split_whitespace()
-        .skip_while(|w| *w != "install")
-        .nth(1)
-        .expect("helm install <release> charts/relay");
+    let release =
+        install.split_whitespace().skip_while(|w| *w != "install").nth(1).expect("helm install <release> charts/relay");
     let yaml = helm(&["template", release, "charts/relay", "--namespace", "relay", "--kube-version", "1.37.2"]);
     let docs: Vec<Value> = serde_saphyr::from_multiple(&yaml).unwrap();
     let named: Vec<(String, String)> = docs

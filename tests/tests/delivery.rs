@@ -199,3 +199,35 @@ async fn queue_delivery_hands_each_message_to_exactly_one_subscriber() {
     assert_eq!(seen.len(), N, "every job delivered once");
     assert!(per[0] > 0 && per[1] > 0, "both workers got jobs: {per:?}");
 }
+
+#[tokio::test]
+async fn large_messages_page_within_a_byte_budget_and_one_the_bus_cannot_carry_is_refused_unstored() {
+    let stack = Stack::start().await;
+    let alice = stack.pocketbase.create_user("alice").await;
+    let ch = unique("large");
+    let mut settings = unlimited(Delivery::Broadcast);
+    settings.limits.max_message_bytes = 1024 * 1024;
+    stack.declare(&ch, &settings).await;
+    let mut c = stack.client(0).await;
+    let mut sent = Vec::new();
+    for i in 0..6u8 {
+        let text = char::from(b'a' + i).to_string().repeat(400 * 1024);
+        sent.push(c.publish(&alice.token, &ch, &text).await.unwrap());
+    }
+    // Six 400 KiB messages are more than one history page holds: pages stop short and say so.
+    let page = c.history(&alice.token, &ch, Some(Position::SinceSeq(0)), 100).await.unwrap();
+    assert!(page.more && !page.messages.is_empty() && page.messages.len() < 6, "a page of {}", page.messages.len());
+    // A stream reads on until it has them all, in order.
+    let mut sub = c.subscribe(&alice.token, &[(&ch, Some(Position::SinceSeq(0)))]).await.unwrap();
+    assert!(sub.recovery().await.recovered);
+    assert_eq!(sub.messages(6, T).await, sent);
+
+    // Within the channel's 1 MiB text limit, but control characters encode as six bytes each: more
+    // than NATS takes. Refused before it is stored, not stored and then never delivered.
+    let escaped = "\u{1}".repeat(300 * 1024);
+    let err = c.publish(&alice.token, &ch, &escaped).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("message bus takes at most"), "{}", err.message());
+    let page = c.history(&alice.token, &ch, Some(Position::SinceSeq(6)), 100).await.unwrap();
+    assert!(page.messages.is_empty(), "nothing was stored");
+}

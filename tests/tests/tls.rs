@@ -23,7 +23,7 @@ async fn relays_and_the_operator_work_over_tls_with_credentials() {
     assert_eq!(sub.messages(1, T).await, vec![sent]);
     // The plain ports are not there: Redis has only its TLS port.
     assert!(
-        redis::Client::open(format!("redis://127.0.0.1:{}", stack.redis.port))
+        redis::Client::open(format!("redis://127.0.0.1:{}", stack.redis.port()))
             .unwrap()
             .get_multiplexed_async_connection()
             .await

@@ -70,7 +70,8 @@ impl proto::relay_service_server::RelayService for Service {
 
 /// Parses a client-supplied channel id; INVALID_ARGUMENT with the reason.
 pub fn channel_id(raw: &str) -> Result<ChannelId> {
-    ChannelId::parse(raw).map_err(|e| Error::InvalidArgument(format!("bad channelid {raw:?}: {e}")))
+    ChannelId::parse(raw)
+        .map_err(|e| Error::InvalidArgument(format!("bad channelid {}: {e}", crate::error::quote(raw))))
 }
 
 /// Where a client resumes: a position and the epoch it belongs to (empty: taken as is).

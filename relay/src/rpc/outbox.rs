@@ -1,17 +1,19 @@
 //! The bounded queue between a Subscribe stream's producers (one task per channel, heartbeats) and
 //! tonic, which writes to the client.
 //!
-//! History is sent with backpressure ([`Outbox::send`] waits for room). Live messages are offered
-//! ([`Outbox::offer`]): when the queue is full the client is not keeping up, and the stream ends with
-//! RESOURCE_EXHAUSTED rather than growing memory; the client resumes from its last `seq`. An ending
-//! status jumps the queue, so a client that cannot drain still learns why it was cut off.
+//! History is sent with backpressure ([`Outbox::send`] waits for room), in at most half the queue:
+//! one channel's history never leaves another channel's live messages without room. Live messages
+//! are offered ([`Outbox::offer`]): when the queue is full the client is not keeping up, and the
+//! stream ends with RESOURCE_EXHAUSTED rather than growing memory; the client resumes from its last
+//! `seq`. An ending status jumps the queue, so a client that cannot drain still learns why it was
+//! cut off.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::Stream;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tonic::Status;
 
@@ -19,7 +21,8 @@ use crate::proto::SubscribeResponse;
 
 pub type ResponseStream = Pin<Box<dyn Stream<Item = Result<SubscribeResponse, Status>> + Send>>;
 
-type Item = SubscribeResponse;
+/// An event, and the share of the queue it holds when it was sent with backpressure.
+type Item = (SubscribeResponse, Option<OwnedSemaphorePermit>);
 
 /// The stream is gone (client left or it was ended): producers stop.
 #[derive(Debug)]
@@ -32,6 +35,8 @@ pub struct Outbox {
     end: Arc<End>,
     /// Set on every message; the heartbeat clears it and only beats when it was already clear.
     busy: Arc<AtomicBool>,
+    /// The part of the queue that waiting senders may fill.
+    patient: Arc<Semaphore>,
 }
 
 struct End {
@@ -46,7 +51,8 @@ impl Outbox {
     pub fn new(capacity: usize) -> (Self, ResponseStream) {
         let (tx, rx) = mpsc::channel(capacity);
         let end = Arc::new(End { status: Mutex::new(None), done: CancellationToken::new() });
-        let outbox = Self { tx, end: end.clone(), busy: Arc::new(AtomicBool::new(false)) };
+        let patient = Arc::new(Semaphore::new((capacity / 2).max(1)));
+        let outbox = Self { tx, end: end.clone(), busy: Arc::new(AtomicBool::new(false)), patient };
         let guard = end.done.clone().drop_guard();
         (outbox, Box::pin(drain(rx, end, guard)))
     }
@@ -55,7 +61,10 @@ impl Outbox {
     pub async fn send(&self, event: SubscribeResponse) -> Result<(), Closed> {
         self.busy.store(true, Ordering::Relaxed);
         tokio::select! {
-            r = self.tx.send(event) => r.map_err(|_| Closed),
+            r = async {
+                let permit = self.patient.clone().acquire_owned().await.map_err(|_| Closed)?;
+                self.tx.send((event, Some(permit))).await.map_err(|_| Closed)
+            } => r,
             _ = self.end.done.cancelled() => Err(Closed),
         }
     }
@@ -63,7 +72,7 @@ impl Outbox {
     /// Queues without waiting: for live messages. A full queue ends the stream as a slow consumer.
     pub fn offer(&self, event: SubscribeResponse) -> Result<(), Closed> {
         self.busy.store(true, Ordering::Relaxed);
-        match self.tx.try_send(event) {
+        match self.tx.try_send((event, None)) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.end(Status::resource_exhausted(
@@ -115,7 +124,8 @@ fn drain(
             item = st.rx.recv() => item,
         };
         match item {
-            Some(event) => {
+            // The permit, if any, goes with the event: its room is free again.
+            Some((event, _permit)) => {
                 if matches!(event.event, Some(crate::proto::subscribe_response::Event::Message(_))) {
                     crate::metrics::delivered(1);
                 }
@@ -158,6 +168,28 @@ mod tests {
         drop(stream);
         assert!(outbox.send(beat(2)).await.is_err());
         outbox.done().await;
+    }
+
+    #[tokio::test]
+    async fn history_never_takes_the_room_live_messages_need() {
+        let (outbox, mut stream) = Outbox::new(4);
+        outbox.send(beat(1)).await.unwrap();
+        outbox.send(beat(2)).await.unwrap();
+        let waiting = tokio::spawn({
+            let outbox = outbox.clone();
+            async move { outbox.send(beat(3)).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "history waits once it holds half the queue");
+        outbox.offer(beat(10)).unwrap();
+        outbox.offer(beat(11)).unwrap();
+        assert_eq!(stream.next().await.unwrap().unwrap(), beat(1));
+        waiting.await.unwrap().unwrap();
+        let mut got = Vec::new();
+        for _ in 0..4 {
+            got.push(stream.next().await.unwrap().unwrap());
+        }
+        assert_eq!(got, [beat(2), beat(10), beat(11), beat(3)]);
     }
 
     #[tokio::test]

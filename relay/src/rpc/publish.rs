@@ -7,6 +7,8 @@ use std::time::Instant;
 
 use tonic::Request;
 
+use relay_channel::WireMessage;
+
 use crate::error::{Error, Result};
 use crate::proto::{PublishRequest, PublishResponse};
 use crate::store::Append;
@@ -36,37 +38,76 @@ pub async fn publish(relay: &Relay, req: Request<PublishRequest>) -> Result<Publ
         )));
     }
 
-    // Nothing is stored for a NATS that is not there.
+    // Nothing is stored for a NATS that is not there, or that could never carry the message.
     relay.bus.ensure_connected()?;
     let id = uuid::Uuid::now_v7().to_string();
-    let appended = relay
-        .store
-        .append(Append {
-            channel: channel.as_str(),
-            userid: &user.id,
-            username: &user.name,
-            text: &req.text,
-            id: &id,
-            idempotency_key: (!req.idempotency_key.is_empty()).then_some(req.idempotency_key.as_str()),
-            max_messages: settings.history.max_messages,
-            max_age_secs: settings.history.max_age_secs,
-            idle_ttl_secs: (!governed.declared || governed.declared_by != channel.as_str()).then_some(IDLE_TTL),
-        })
-        .await?;
-    // A replayed publish is sent to NATS again: the first attempt may have died before it did.
-    // Subscribers drop the copy by seq; JetStream drops it by message id.
-    let message = appended.message;
+    let mut message = WireMessage {
+        channelid: channel.to_string(),
+        userid: user.id,
+        username: user.name,
+        text: req.text,
+        ts: 0,
+        seq: 0,
+        id,
+        epoch: String::new(),
+    };
+    fits_the_bus(&message, relay.bus.max_payload())?;
+    let key = (!req.idempotency_key.is_empty()).then_some(req.idempotency_key);
+    let limits = (settings.history.max_messages, settings.history.max_age_secs);
+    let idle_ttl_secs = (!governed.declared || governed.declared_by != channel.as_str()).then_some(IDLE_TTL);
     let jetstream = settings.stream.is_some();
-    if let Err(e) = republish::publish(&relay.bus, &message, jetstream).await {
-        tracing::debug!(channel = %channel, seq = message.seq, error = %e, "stored but not published; publishing again in the background");
-        let seq = message.seq;
-        relay.republish.push(message, jetstream);
-        return Err(Error::Retry(format!(
-            "stored as seq {seq} but not yet delivered (message bus unavailable); retry with the same idempotency key"
-        )));
-    }
+
+    // From the append on, the work runs to its end even if the client goes away: a message in
+    // history is published (or handed to the republisher), never left stored but unannounced.
+    let store = relay.store.clone();
+    let bus = relay.bus.clone();
+    let republisher = relay.republish.clone();
+    let done = tokio::spawn(async move {
+        let appended = store
+            .append(Append {
+                channel: &message.channelid,
+                userid: &message.userid,
+                username: &message.username,
+                text: &message.text,
+                id: &message.id,
+                idempotency_key: key.as_deref(),
+                max_messages: limits.0,
+                max_age_secs: limits.1,
+                idle_ttl_secs,
+            })
+            .await?;
+        // A replayed publish is sent to NATS again: the first attempt may have died before it did.
+        // Subscribers drop the copy by seq; JetStream drops it by message id.
+        message = appended.message;
+        if let Err(e) = republish::publish(&bus, &message, jetstream).await {
+            tracing::debug!(channel = %message.channelid, seq = message.seq, error = %e, "stored but not published; publishing again in the background");
+            let seq = message.seq;
+            republisher.push(message, jetstream);
+            return Err(Error::Retry(format!(
+                "stored as seq {seq} but not yet delivered (message bus unavailable); retry with the same idempotency key"
+            )));
+        }
+        Ok(message)
+    });
+    let message = done.await.map_err(|e| Error::unavailable("relay", e))??;
     crate::metrics::observe_publish(started.elapsed());
     Ok(PublishResponse { message: Some(message.into()) })
+}
+
+/// Room left for NATS headers (`Nats-Msg-Id`), which count against the server's limit too.
+const HEADER_ROOM: usize = 256;
+
+/// Refuses a message whose encoding, with the widest seq, ts and epoch the store can give it and
+/// its headers, is more than the NATS server takes in one message.
+fn fits_the_bus(message: &WireMessage, max_payload: usize) -> Result<()> {
+    let widest = WireMessage { ts: i64::MAX, seq: u64::MAX, epoch: "f".repeat(32), ..message.clone() };
+    let size = widest.to_json().len() + HEADER_ROOM;
+    if size > max_payload {
+        return Err(Error::InvalidArgument(format!(
+            "message encodes to {size} bytes (text, ids and escapes); the message bus takes at most {max_payload}"
+        )));
+    }
+    Ok(())
 }
 
 /// Checks what the client sent against the channel's limits.
@@ -106,5 +147,25 @@ mod tests {
         }
         // Bytes, not characters: "é" is two bytes.
         assert!(validate(&req("éé", ""), 3).is_err());
+    }
+
+    #[test]
+    fn a_message_that_escapes_past_the_bus_limit_is_refused_before_it_is_stored() {
+        let message = |text: &str| WireMessage {
+            channelid: "room".into(),
+            userid: "u".into(),
+            username: "U".into(),
+            text: text.into(),
+            ts: 0,
+            seq: 0,
+            id: uuid::Uuid::now_v7().to_string(),
+            epoch: String::new(),
+        };
+        let limit = 1024 * 1024;
+        assert!(fits_the_bus(&message(&"x".repeat(limit / 2)), limit).is_ok());
+        // Within a 1 MiB text limit, but control characters encode as six bytes each.
+        let escaped = "\u{1}".repeat(limit / 4);
+        assert!(matches!(fits_the_bus(&message(&escaped), limit), Err(Error::InvalidArgument(_))));
+        assert!(matches!(fits_the_bus(&message(&"x".repeat(limit)), limit), Err(Error::InvalidArgument(_))));
     }
 }

@@ -35,7 +35,7 @@ local ts = string.format('%d%09d', sec, nsec)
 redis.call('XADD', history, 'MAXLEN', '~', tonumber(ARGV[4]), id(seq),
   'u', ARGV[1], 't', ARGV[2], 'ts', ts, 'id', ARGV[3], 'n', ARGV[8])
 local max_age = tonumber(ARGV[5])
-if max_age > 0 then
+if max_age > 0 and sec > max_age then
   -- Trim what is older than the channel's retention, and only that: the first entry inside it is
   -- found by binary search (the new entry is inside, so the search has an end).
   local cutoff = string.format('%d%09d', sec - max_age, nsec)

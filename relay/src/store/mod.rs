@@ -19,8 +19,8 @@
 
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use relay_channel::{WireMessage, names};
+use relay_connect::redis::Conn;
 
 use crate::error::{Error, Result};
 
@@ -37,6 +37,9 @@ const MAX_POSITION: u64 = (1 << 53) - 2;
 const REDIS_TIMEOUT: Duration = Duration::from_secs(5);
 /// The most messages one repair reads from history.
 pub const MAX_REPAIR: usize = 4096;
+/// The most bytes of message fields one read returns (at least one message, whatever its size):
+/// what a page holds in memory, in Redis and here, stays bounded with large messages.
+pub const PAGE_BYTES: usize = 1024 * 1024;
 
 /// What to append.
 pub struct Append<'a> {
@@ -117,27 +120,21 @@ impl Page {
     }
 }
 
-/// Redis access for history; cheap to clone (one multiplexed, self-reconnecting connection).
+/// Redis access for history; cheap to clone (one multiplexed, self-reconnecting connection, to a
+/// standalone Redis, a Redis Cluster or a Sentinel-managed master).
 #[derive(Clone)]
 pub struct Store {
-    conn: ConnectionManager,
+    conn: Conn,
     append: redis::Script,
     read: redis::Script,
 }
 
 type Entry = (String, Vec<String>);
-type ReadReply = (Vec<String>, u64, String, Vec<Entry>);
+type ReadReply = (Vec<String>, u64, String, Vec<Entry>, u8);
 
 impl Store {
-    /// Connects lazily: the relay starts (not ready) while Redis is down.
-    pub fn new(client: redis::Client) -> Result<Self> {
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(3)))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(1));
-        let conn =
-            ConnectionManager::new_lazy_with_config(client, config).map_err(|e| Error::unavailable("redis", e))?;
+    /// Uses a connection that connects lazily: the relay starts (not ready) while Redis is down.
+    pub fn new(conn: Conn) -> Result<Self> {
         Ok(Self {
             conn,
             append: redis::Script::new(&format!("{HELPERS}\n{APPEND}")),
@@ -145,10 +142,10 @@ impl Store {
         })
     }
 
-    /// Runs a pipeline, with the same deadline as every Redis call.
-    pub async fn query<T: redis::FromRedisValue>(&self, pipe: redis::Pipeline) -> Result<T> {
+    /// Runs a command, with the same deadline as every Redis call.
+    pub async fn query<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T> {
         let mut conn = self.conn.clone();
-        bounded(pipe.query_async(&mut conn)).await
+        bounded(cmd.query_async(&mut conn)).await
     }
 
     pub async fn ping(&self) -> Result<()> {
@@ -158,7 +155,11 @@ impl Store {
     }
 
     /// Appends one message; see the module docs for what the script guarantees.
-    pub async fn append(&self, a: Append<'_>) -> Result<Appended> {
+    pub async fn append(&self, mut a: Append<'_>) -> Result<Appended> {
+        // Settings come from Redis: whatever they say, Redis and the script get numbers they take.
+        a.max_age_secs = a.max_age_secs.min(MAX_AGE_SECS);
+        a.max_messages = a.max_messages.min(MAX_MESSAGES);
+        a.idle_ttl_secs = a.idle_ttl_secs.map(|t| t.min(MAX_AGE_SECS));
         let mut conn = self.conn.clone();
         let idem = a.idempotency_key.map(|k| names::idempotency_key(a.channel, a.userid, k));
         let idem_ttl = a.max_age_secs.max(MIN_IDEMPOTENCY_TTL);
@@ -208,20 +209,21 @@ impl Store {
             Read::Latest => ("latest", "0".to_owned()),
         };
         let mut conn = self.conn.clone();
-        let (header, oldest_seq, oldest_ts, entries) = bounded(
+        let (header, oldest_seq, oldest_ts, entries, cut) = bounded(
             self.read
                 .key(names::history_key(channel))
                 .key(names::meta_key(channel))
                 .arg(mode)
                 .arg(position)
-                .arg(max_age.as_secs())
+                .arg(max_age.as_secs().min(MAX_AGE_SECS))
                 .arg(limit)
+                .arg(PAGE_BYTES)
                 .invoke_async::<ReadReply>(&mut conn),
         )
         .await?;
         let number = |i: usize| header.get(i).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
         let epoch = header.first().cloned().unwrap_or_default();
-        let more = entries.len() > limit;
+        let more = entries.len() > limit || cut == 1;
         let mut messages: Vec<WireMessage> =
             entries.into_iter().take(limit).filter_map(|e| parse(channel, &epoch, e)).collect();
         if from == Read::Latest {
@@ -237,16 +239,24 @@ impl Store {
         })
     }
 
-    /// Messages with `from < seq < to` (at most [`MAX_REPAIR`]), for repairing a gap seen on the
+    /// Messages with `from < seq < to` (at most [`MAX_REPAIR`], and [`PAGE_BYTES`]), for repairing a gap seen on the
     /// live path, with the epoch they belong to. Retention by age does not apply: what is still
     /// there is delivered rather than skipped.
     pub async fn between(&self, channel: &str, from: u64, to: u64) -> Result<Page> {
         let want = (to.saturating_sub(from).saturating_sub(1) as usize).min(MAX_REPAIR);
         let mut page = self.read(channel, Read::After(After::Seq(from)), want, Duration::ZERO).await?;
+        let reached = page.messages.iter().any(|m| m.seq >= to);
         page.messages.retain(|m| m.seq < to);
+        // `more`: messages before `to` may follow the page (it was cut short).
+        page.more = page.more && !reached && !page.messages.is_empty();
         Ok(page)
     }
 }
+
+/// The longest retention the store applies (twenty years): longer ones are taken as this.
+pub const MAX_AGE_SECS: u64 = 20 * 365 * 24 * 3600;
+/// The most messages a history keeps (what Lua numbers hold exactly).
+pub const MAX_MESSAGES: u64 = 1 << 53;
 
 /// Awaits a Redis call for at most [`REDIS_TIMEOUT`].
 async fn bounded<T>(call: impl Future<Output = redis::RedisResult<T>>) -> Result<T> {

@@ -4,29 +4,51 @@
 --       2 the position (seq or ts, decimal; ignored for 'latest')
 --       3 max age seconds: older entries are left out even before they are trimmed (0: none)
 --       4 limit: up to limit + 1 entries are returned, so the caller can tell whether there is more
--- Returns {{epoch, last seq, last ts seconds, last ts nanoseconds}, oldest seq, oldest ts, entries}
--- where "oldest" is the oldest entry inside retention (0 and '0' when there is none) and entries
--- are oldest first, except for 'latest' where they are newest first.
+--       5 byte budget: entries stop before their fields add up to more (one is always returned)
+-- Returns {{epoch, last seq, last ts seconds, last ts nanoseconds}, oldest seq, oldest ts, entries,
+-- 1 when the budget cut the page short} where "oldest" is the oldest entry inside retention (0 and
+-- '0' when there is none) and entries are oldest first, except for 'latest' where they are newest
+-- first.
 local history, meta = KEYS[1], KEYS[2]
 local m = redis.call('HMGET', meta, 'epoch', 'seq', 'ts_s', 'ts_ns')
 local header = {m[1] or '', m[2] or '0', m[3] or '0', m[4] or '0'}
 local head = redis.call('XRANGE', history, '-', '+', 'COUNT', 1)[1]
 local tail = redis.call('XREVRANGE', history, '+', '-', 'COUNT', 1)[1]
-if not head then return {header, 0, '0', {}} end
+if not head then return {header, 0, '0', {}, 0} end
 local start, last = seq_of(head), seq_of(tail)
 local max_age = tonumber(ARGV[3])
-if max_age > 0 then
-  local sec, nsec = now()
+local sec, nsec = now()
+if max_age > 0 and sec > max_age then
   local cutoff = string.format('%d%09d', sec - max_age, nsec)
   local function expired(e) return lt(ts_of(e), cutoff) end
-  if expired(tail) then return {header, 0, '0', {}} end
+  if expired(tail) then return {header, 0, '0', {}, 0} end
   if expired(head) then start = search(history, start, last, expired) end
 end
 local oldest = first_at(history, start)
 local limit = tonumber(ARGV[4]) + 1
-local entries
+local budget = tonumber(ARGV[5])
+-- Up to `limit` entries from `fetch(count, last entry so far)`, in chunks, within the byte budget.
+local function take(fetch)
+  local out, used = {}, 0
+  local last = nil
+  while #out < limit do
+    local want = math.min(64, limit - #out)
+    local chunk = fetch(want, last)
+    for _, e in ipairs(chunk) do
+      for _, v in ipairs(e[2]) do used = used + #v end
+      if #out > 0 and used > budget then return out, 1 end
+      out[#out + 1] = e
+    end
+    if #chunk < want then break end
+    last = chunk[#chunk]
+  end
+  return out, 0
+end
 if ARGV[1] == 'latest' then
-  entries = redis.call('XREVRANGE', history, '+', id(start), 'COUNT', limit)
+  local entries, cut = take(function(n, last)
+    return redis.call('XREVRANGE', history, last and ('(' .. last[1]) or '+', id(start), 'COUNT', n)
+  end)
+  return {header, seq_of(oldest), ts_of(oldest), entries, cut}
 else
   local from = start
   if ARGV[1] == 'seq' then
@@ -40,6 +62,8 @@ else
       from = search(history, start, last, not_newer)
     end
   end
-  entries = redis.call('XRANGE', history, id(from), '+', 'COUNT', limit)
+  local entries, cut = take(function(n, last)
+    return redis.call('XRANGE', history, last and ('(' .. last[1]) or id(from), '+', 'COUNT', n)
+  end)
+  return {header, seq_of(oldest), ts_of(oldest), entries, cut}
 end
-return {header, seq_of(oldest), ts_of(oldest), entries}

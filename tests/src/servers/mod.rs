@@ -19,6 +19,7 @@ use crate::{eventually, free_port};
 pub use nats::Nats;
 pub use pocketbase::{PocketBase, TestUser};
 pub use redis::Redis;
+pub use redis::RedisTopology;
 pub use relay::{OperatorProc, RelayProc, relay_binary};
 pub use stack::{Stack, StackOptions};
 pub use tls::{Pki, TlsProxy};
@@ -75,21 +76,33 @@ async fn wait_for_port(port: u16, what: &str) {
     .await;
 }
 
+/// The command line of a server, given its port and data folder.
+pub(crate) type CommandLine = std::sync::Arc<dyn Fn(u16, &Path) -> Command + Send + Sync>;
+
 /// A server on a fixed port and data folder that a test can stop and start again, as an outage.
 pub struct Server {
     pub port: u16,
-    name: &'static str,
+    name: String,
     dir: PathBuf,
     proc: Option<Proc>,
-    /// The command line, given the port and the data folder.
-    command: fn(u16, &Path) -> Command,
+    command: CommandLine,
 }
 
 impl Server {
-    pub(crate) async fn start(name: &'static str, dir: &Path, command: fn(u16, &Path) -> Command) -> Self {
-        let mut s = Self { port: free_port(), name, dir: dir.join(name), proc: None, command };
+    /// Starts `name` on a free port with its data in `<dir>/<name>`.
+    pub(crate) async fn start(name: &str, dir: &Path, command: CommandLine) -> Self {
+        Self::start_on(name, dir, free_port(), command).await
+    }
+
+    pub(crate) async fn start_on(name: &str, dir: &Path, port: u16, command: CommandLine) -> Self {
+        let mut s = Self { port, name: name.to_owned(), dir: dir.join(name), proc: None, command };
         s.restart().await;
         s
+    }
+
+    /// The server's data folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     pub fn pid(&self) -> u32 {
@@ -122,7 +135,7 @@ impl Server {
         self.stop().await;
         std::fs::create_dir_all(&self.dir).expect("server data folder");
         let log = self.dir.join(format!("../{}.log", self.name));
-        self.proc = Some(Proc::spawn(self.name, &mut (self.command)(self.port, &self.dir), &log));
-        wait_for_port(self.port, self.name).await;
+        self.proc = Some(Proc::spawn(&self.name, &mut (self.command)(self.port, &self.dir), &log));
+        wait_for_port(self.port, &self.name).await;
     }
 }

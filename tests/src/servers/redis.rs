@@ -1,17 +1,38 @@
-//! redis-server with an append-only file; optionally TLS-only with an ACL user.
+//! redis-server with an append-only file (fsync always): one server (optionally TLS-only with an
+//! ACL user), a Redis Cluster of three masters and three replicas, or a master with two replicas
+//! and three sentinels.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
+use relay_connect::redis::Conn;
 use tokio::process::Command;
 
-use super::{Pki, Server};
+use super::{CommandLine, Pki, Server};
+use crate::{eventually, free_port};
 
 /// The ACL user and password of a TLS Redis (the default user is switched off).
 pub const REDIS_USER: (&str, &str) = ("app", "app-secret");
+/// The name sentinels monitor the master under.
+pub const MASTER_NAME: &str = "relaymaster";
 
-/// redis-server, with an append-only file so a restart keeps data (as a production Redis would).
+/// How the test Redis is deployed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RedisTopology {
+    #[default]
+    Single,
+    /// Three masters, three replicas.
+    Cluster,
+    /// A master, two replicas, three sentinels.
+    Sentinel,
+}
+
+/// Redis in one of its topologies.
 pub struct Redis {
-    server: Server,
+    nodes: Vec<Server>,
+    sentinels: Vec<Server>,
+    topology: RedisTopology,
     tls: bool,
 }
 
@@ -22,26 +43,203 @@ impl Redis {
 
     /// With `tls`: only a TLS port, the stack's PKI (`<dir>/tls`), and [`REDIS_USER`].
     pub async fn start_with(dir: &Path, tls: bool) -> Self {
-        let command = if tls { tls_command } else { plain_command };
-        Self { server: Server::start("redis-server", dir, command).await, tls }
+        let command: CommandLine = if tls { Arc::new(tls_command) } else { Arc::new(plain_command) };
+        let node = Server::start("redis-server", dir, command).await;
+        Self { nodes: vec![node], sentinels: Vec::new(), topology: RedisTopology::Single, tls }
     }
 
-    pub fn url(&self) -> String {
-        if self.tls {
-            format!("rediss://{}:{}@127.0.0.1:{}", REDIS_USER.0, REDIS_USER.1, self.server.port)
-        } else {
-            format!("redis://127.0.0.1:{}", self.server.port)
+    pub async fn start_topology(dir: &Path, topology: RedisTopology, tls: bool) -> Self {
+        match topology {
+            RedisTopology::Single => Self::start_with(dir, tls).await,
+            RedisTopology::Cluster => Self::start_cluster(dir).await,
+            RedisTopology::Sentinel => Self::start_sentinel(dir).await,
         }
+    }
+
+    async fn start_cluster(dir: &Path) -> Self {
+        let command: CommandLine = Arc::new(|port, dir| {
+            // The cluster bus port is picked once per node and kept across restarts (the default,
+            // port + 10000, could fall where outgoing connections take their ports).
+            std::fs::create_dir_all(dir).unwrap();
+            let file = dir.join("cluster-port");
+            let bus = std::fs::read_to_string(&file).ok().and_then(|s| s.parse::<u16>().ok()).unwrap_or_else(|| {
+                let p = free_port();
+                std::fs::write(&file, p.to_string()).unwrap();
+                p
+            });
+            let mut cmd = plain_command(port, dir);
+            cmd.args([
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "1500",
+            ]);
+            cmd.arg("--cluster-port").arg(bus.to_string());
+            cmd
+        });
+        let nodes = futures::future::join_all((0..6).map(|i| {
+            let command = command.clone();
+            async move { Server::start(&format!("redis-{i}"), dir, command).await }
+        }))
+        .await;
+        let mut create = std::process::Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        for n in &nodes {
+            create.arg(format!("127.0.0.1:{}", n.port));
+        }
+        let out = create.args(["--cluster-replicas", "1", "--cluster-yes"]).output().expect("redis-cli");
+        assert!(out.status.success(), "redis-cli --cluster create: {}", String::from_utf8_lossy(&out.stdout));
+        let redis = Self { nodes, sentinels: Vec::new(), topology: RedisTopology::Cluster, tls: false };
+        redis.wait_cluster_ok().await;
+        redis
+    }
+
+    /// Waits until every running node says the cluster is ok.
+    pub async fn wait_cluster_ok(&self) {
+        let ports: Vec<u16> = self.nodes.iter().filter(|n| n.pid() != 0).map(|n| n.port).collect();
+        eventually(Duration::from_secs(30), "the Redis Cluster is ok", || {
+            let ports = ports.clone();
+            async move {
+                ports.iter().all(|p| {
+                    let out = std::process::Command::new("redis-cli")
+                        .args(["-p", &p.to_string(), "cluster", "info"])
+                        .output();
+                    out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
+                })
+            }
+        })
+        .await;
+    }
+
+    async fn start_sentinel(dir: &Path) -> Self {
+        let master = Server::start("redis-master", dir, Arc::new(plain_command)).await;
+        let master_port = master.port;
+        let replica: CommandLine = Arc::new(move |port, dir| {
+            let mut cmd = plain_command(port, dir);
+            cmd.args(["--replicaof", "127.0.0.1", &master_port.to_string()]);
+            cmd
+        });
+        let mut nodes = vec![master];
+        for i in 0..2 {
+            nodes.push(Server::start(&format!("redis-replica-{i}"), dir, replica.clone()).await);
+        }
+        let sentinel: CommandLine = Arc::new(move |port, dir| {
+            std::fs::create_dir_all(dir).unwrap();
+            let conf = dir.join("sentinel.conf");
+            if !conf.exists() {
+                let text = format!(
+                    "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor {MASTER_NAME} 127.0.0.1 {master_port} 2\n\
+                     sentinel down-after-milliseconds {MASTER_NAME} 1000\nsentinel failover-timeout {MASTER_NAME} 3000\n\
+                     sentinel parallel-syncs {MASTER_NAME} 1\n",
+                    dir.display()
+                );
+                std::fs::write(&conf, text).unwrap();
+            }
+            let mut cmd = Command::new("redis-server");
+            cmd.arg(conf).arg("--sentinel");
+            cmd
+        });
+        let mut sentinels = Vec::new();
+        for i in 0..3 {
+            sentinels.push(Server::start_on(&format!("sentinel-{i}"), dir, free_port(), sentinel.clone()).await);
+        }
+        Self { nodes, sentinels, topology: RedisTopology::Sentinel, tls: false }
+    }
+
+    pub fn topology(&self) -> RedisTopology {
+        self.topology
+    }
+
+    /// What clients are given: the server, the cluster's nodes, or the sentinels.
+    pub fn url(&self) -> String {
+        let servers = if self.topology == RedisTopology::Sentinel { &self.sentinels } else { &self.nodes };
+        servers
+            .iter()
+            .map(|n| {
+                if self.tls {
+                    format!("rediss://{}:{}@127.0.0.1:{}", REDIS_USER.0, REDIS_USER.1, n.port)
+                } else {
+                    format!("redis://127.0.0.1:{}", n.port)
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The environment a relay needs for this topology (prefix `RELAY` or `OPERATOR`).
+    pub fn env(&self, prefix: &str) -> Vec<(String, String)> {
+        let mut env = vec![(format!("{prefix}_REDIS_URL"), self.url())];
+        match self.topology {
+            RedisTopology::Single => {}
+            RedisTopology::Cluster => env.push((format!("{prefix}_REDIS_MODE"), "cluster".into())),
+            RedisTopology::Sentinel => {
+                env.push((format!("{prefix}_REDIS_MODE"), "sentinel".into()));
+                env.push((format!("{prefix}_REDIS_MASTER_NAME"), MASTER_NAME.into()));
+            }
+        }
+        if let Some(ca) = self.ca_file() {
+            env.push((format!("{prefix}_REDIS_CA_FILE"), ca.to_str().unwrap().to_owned()));
+        }
+        env
     }
 
     /// The CA to trust, when TLS is on.
     pub fn ca_file(&self) -> Option<PathBuf> {
-        self.tls.then(|| Pki::beside(&self.server.dir).ca)
+        self.tls.then(|| Pki::beside(self.nodes[0].dir()).ca)
     }
 
-    pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
-        let settings = relay_connect::Redis { url: self.url(), ca_file: self.ca_file() };
-        settings.client().unwrap().get_multiplexed_async_connection().await.unwrap()
+    /// How a client reaches this Redis.
+    pub fn settings(&self) -> relay_connect::Redis {
+        relay_connect::Redis {
+            url: self.url(),
+            ca_file: self.ca_file(),
+            mode: match self.topology {
+                RedisTopology::Single => relay_connect::RedisMode::Standalone,
+                RedisTopology::Cluster => relay_connect::RedisMode::Cluster,
+                RedisTopology::Sentinel => relay_connect::RedisMode::Sentinel,
+            },
+            master_name: (self.topology == RedisTopology::Sentinel).then(|| MASTER_NAME.to_owned()),
+        }
+    }
+
+    /// A connection for the test itself.
+    pub async fn connection(&self) -> Conn {
+        self.settings().connect().unwrap()
+    }
+
+    /// The first node's port (the only node of a single Redis).
+    pub fn port(&self) -> u16 {
+        self.nodes[0].port
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.nodes[0].pid()
+    }
+
+    /// A data node: a cluster node, or for sentinel the master (0) and replicas.
+    pub fn node(&mut self, i: usize) -> &mut Server {
+        &mut self.nodes[i]
+    }
+
+    pub fn nodes(&self) -> &[Server] {
+        &self.nodes
+    }
+
+    /// SIGKILL to every data node: Redis is gone (sentinels stay).
+    pub async fn stop(&mut self) {
+        for n in &mut self.nodes {
+            n.stop().await;
+        }
+    }
+
+    /// Starts every data node again on its port and data.
+    pub async fn restart(&mut self) {
+        futures::future::join_all(self.nodes.iter_mut().map(|n| n.restart())).await;
+        if self.topology == RedisTopology::Cluster {
+            self.wait_cluster_ok().await;
+        }
     }
 }
 
@@ -69,17 +267,4 @@ fn tls_command(port: u16, dir: &Path) -> Command {
         .arg("--dir")
         .arg(dir);
     cmd
-}
-
-impl std::ops::Deref for Redis {
-    type Target = Server;
-    fn deref(&self) -> &Server {
-        &self.server
-    }
-}
-
-impl std::ops::DerefMut for Redis {
-    fn deref_mut(&mut self) -> &mut Server {
-        &mut self.server
-    }
 }

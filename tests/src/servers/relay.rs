@@ -170,10 +170,13 @@ impl OperatorProc {
         let mut cmd = Command::new(workspace_binary("operator"));
         cmd.env_clear()
             .env("OPERATOR_NATS_URL", stack.nats.url())
-            .env("OPERATOR_REDIS_URL", stack.redis.url())
             .env("OPERATOR_ADMIN_LISTEN", format!("127.0.0.1:{admin_port}"))
             .env("RUST_LOG", "info,operator=debug")
+            .envs(stack.redis.env("OPERATOR"))
             .args(args);
+        if let Some(ca) = stack.nats.ca_file() {
+            cmd.env("OPERATOR_NATS_CA_FILE", ca);
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use tempfile::TempDir;
 
-use super::{Nats, Pki, PocketBase, Redis, RelayProc};
+use super::{Nats, Pki, PocketBase, Redis, RedisTopology, RelayProc};
 use crate::free_port;
 
 /// What a test stack looks like.
@@ -15,11 +15,14 @@ pub struct StackOptions {
     pub env: Vec<(String, String)>,
     /// NATS and Redis with TLS (a test CA) and credentials; relays trust the CA.
     pub tls: bool,
+    /// NATS servers: 1, or a cluster (3) with clustered JetStream.
+    pub nats_nodes: usize,
+    pub redis: RedisTopology,
 }
 
 impl Default for StackOptions {
     fn default() -> Self {
-        Self { relays: 2, env: Vec::new(), tls: false }
+        Self { relays: 2, env: Vec::new(), tls: false, nats_nodes: 1, redis: RedisTopology::Single }
     }
 }
 
@@ -62,9 +65,16 @@ impl Stack {
         if options.tls {
             Pki::generate(&dir.path().join("tls"));
         }
+        let nats = async {
+            if options.nats_nodes > 1 {
+                Nats::start_cluster(dir.path(), options.nats_nodes).await
+            } else {
+                Nats::start_with(dir.path(), options.tls).await
+            }
+        };
         let (nats, redis, pocketbase) = tokio::join!(
-            Nats::start_with(dir.path(), options.tls),
-            Redis::start_with(dir.path(), options.tls),
+            nats,
+            Redis::start_topology(dir.path(), options.redis, options.tls),
             PocketBase::start(dir.path())
         );
         let mut stack = Self { nats, redis, pocketbase, relays: Vec::new(), options, dir };
@@ -88,7 +98,6 @@ impl Stack {
             ("RELAY_LISTEN", format!("127.0.0.1:{grpc_port}")),
             ("RELAY_ADMIN_LISTEN", format!("127.0.0.1:{admin_port}")),
             ("RELAY_NATS_URL", self.nats.url()),
-            ("RELAY_REDIS_URL", self.redis.url()),
             ("RELAY_POCKETBASE_URL", self.pocketbase.url()),
             ("RELAY_UNDECLARED_CHANNELS", "allow".to_owned()),
             ("RUST_LOG", "info,relay=debug".to_owned()),
@@ -96,11 +105,10 @@ impl Stack {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
-        for (key, ca) in [("RELAY_NATS_CA_FILE", self.nats.ca_file()), ("RELAY_REDIS_CA_FILE", self.redis.ca_file())] {
-            if let Some(ca) = ca {
-                env.push((key.to_owned(), ca.to_str().unwrap().to_owned()));
-            }
+        if let Some(ca) = self.nats.ca_file() {
+            env.push(("RELAY_NATS_CA_FILE".to_owned(), ca.to_str().unwrap().to_owned()));
         }
+        env.extend(self.redis.env("RELAY"));
         env.extend(self.options.env.iter().cloned());
         env
     }
@@ -139,8 +147,13 @@ impl Stack {
         let me = [operator::plan::Declared { name, owner: owner.clone(), spec: &spec }];
         let desired = operator::plan::desired(name, &spec, &me).expect("a valid spec");
         let nats = relay_connect::Nats { urls: self.nats.url(), ca_file: self.nats.ca_file(), creds_file: None };
-        let redis = relay_connect::Redis { url: self.redis.url(), ca_file: self.redis.ca_file() };
+        let redis = self.redis.settings();
         let backends = operator::backends::Backends::connect(&nats, &redis).await.unwrap();
+        // It connects in the background (as the operator does); TLS takes a moment.
+        crate::eventually(std::time::Duration::from_secs(10), "the operator's backends connected", || {
+            backends.reachable()
+        })
+        .await;
         backends.apply(name, &owner, &desired).await.expect("operator apply")
     }
 

@@ -22,6 +22,8 @@ pub async fn run(
     outbox: &Outbox,
 ) -> Result<()> {
     let mut seq = Sequencer::starting_after(last);
+    // After a marker of a gap the hub gave up on: the next newer message follows it directly.
+    let mut skipping = false;
     loop {
         let item = tokio::select! {
             _ = outbox.done() => return Ok(()),
@@ -39,9 +41,14 @@ pub async fn run(
         let m = match item.as_ref() {
             Out::Marker(mk) => {
                 offer(outbox, marker(ch, mk))?;
-                epoch = mk.epoch.clone();
-                // The hub goes on in order from its next message.
-                seq = Sequencer::default();
+                if mk.epoch != epoch || mk.reason == reason::REWOUND {
+                    // Another epoch, or seqs handed out again: the hub goes on from its next message.
+                    epoch = mk.epoch.clone();
+                    seq = Sequencer::default();
+                } else {
+                    // A gap in this epoch: what this stream sent stays sent.
+                    skipping = true;
+                }
                 continue;
             }
             Out::Message(m) => m,
@@ -65,9 +72,11 @@ pub async fn run(
         match seq.step(m.seq) {
             Step::Duplicate => continue,
             Step::Next => {}
+            Step::Gap { .. } if skipping => {}
             // The moment between this stream's history read and the hub's next message.
             Step::Gap { after } => repair(relay, ch, &epoch, after, m, outbox).await?,
         }
+        skipping = false;
         seq.delivered(m.seq);
         offer(outbox, message(m.clone()))?;
     }
@@ -75,12 +84,17 @@ pub async fn run(
 
 /// Sends what history holds between `after` and `m`, or a marker for what it does not.
 async fn repair(relay: &Relay, ch: &str, epoch: &str, after: u64, m: &WireMessage, outbox: &Outbox) -> Result<()> {
-    let page = relay.store.between(ch, after, m.seq).await?;
     let mut next = after + 1;
-    if page.epoch == epoch {
+    // Page by page (a page is bounded in bytes); the gap is the short moment before the hub's
+    // next message, so it is small unless messages are large.
+    'pages: while next < m.seq {
+        let page = relay.store.between(ch, next - 1, m.seq).await?;
+        if page.epoch != epoch || page.messages.is_empty() {
+            break;
+        }
         for found in page.messages {
             if found.seq != next {
-                break;
+                break 'pages;
             }
             next += 1;
             offer(outbox, message(found))?;

@@ -152,13 +152,17 @@ const RECHECK_RETRY: Duration = Duration::from_secs(5);
 
 /// Keeps a stream honest while it lasts: heartbeats on an idle stream, its end on shutdown, its
 /// token verified again at the earlier of its `exp` and `--auth-cache-ttl` (a refreshed token
-/// moves that), and its access checked again whenever a channel's settings change. A stream whose
+/// moves that), and its access checked again whenever a channel's settings change, after every
+/// NATS reconnect (announcements may have been missed) and every `--auth-cache-ttl`. A stream whose
 /// user may no longer read ends with UNAUTHENTICATED, PERMISSION_DENIED or NOT_FOUND, saying why;
 /// an outage of PocketBase or Redis does not end it (the check is tried again).
 async fn watch(relay: &Relay, outbox: &Outbox, stream: &Stream, held: &[(ChannelId, Delivery)]) {
     let mut tick = tokio::time::interval(relay.config.heartbeat);
     tick.tick().await;
     let mut changes = relay.settings.changes();
+    let mut reconnected = relay.reconnected.subscribe();
+    let mut access_tick = tokio::time::interval(relay.config.auth_cache_ttl);
+    access_tick.tick().await;
     let mut token_check = next_token_check(relay, stream);
     let mut access_check: Option<tokio::time::Instant> = None;
     loop {
@@ -202,6 +206,14 @@ async fn watch(relay: &Relay, outbox: &Outbox, stream: &Stream, held: &[(Channel
                 // Every announcement (or a lagged receiver) may concern one of these channels.
                 let _ = change;
                 access_check = Some(tokio::time::Instant::now());
+                None
+            }
+            Ok(()) | Err(tokio_broadcast::error::RecvError::Lagged(_)) = reconnected.recv() => {
+                access_check = Some(tokio::time::Instant::now());
+                None
+            }
+            _ = access_tick.tick() => {
+                access_check.get_or_insert_with(tokio::time::Instant::now);
                 None
             }
             _ = access_due => match still_allowed(relay, &stream.user, held).await {

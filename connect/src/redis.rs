@@ -207,6 +207,35 @@ impl Sentinel {
 }
 
 impl Conn {
+    /// Runs `cmd`, then `WAIT replicas timeout` right behind it on the same connection to the node
+    /// that serves `key` (one pipeline), and returns `cmd`'s reply and how many replicas have
+    /// everything up to it. Sent together, the WAIT cannot land on another connection (a new
+    /// master's, after a reconnect) and vouch for a write it never saw.
+    pub async fn write_and_wait(
+        &self,
+        key: &str,
+        cmd: &Cmd,
+        replicas: u32,
+        timeout: Duration,
+    ) -> redis::RedisResult<(Value, i64)> {
+        let mut pipe = redis::pipe();
+        pipe.add_command(cmd.clone()).cmd("WAIT").arg(replicas).arg(timeout.as_millis().max(1) as u64);
+        let values: Vec<Value> = match &self.0 {
+            Inner::Cluster(lazy) => {
+                let route = redis::cluster_routing::Route::with_key(key, redis::cluster_routing::SlotAddr::Master);
+                let routing = redis::cluster_routing::SingleNodeRoutingInfo::SpecificNode(route);
+                lazy.get().await?.route_pipeline(pipe, 0, 2, routing).await?
+            }
+            _ => pipe.query_async(&mut self.clone()).await?,
+        };
+        let mut values = values.into_iter();
+        let (Some(reply), Some(acked)) = (values.next(), values.next()) else {
+            return Err(redis::RedisError::from((redis::ErrorKind::Client, "a pipeline of two gave fewer replies")));
+        };
+        let reply = reply.extract_error()?;
+        Ok((reply, redis::from_redis_value(acked.extract_error()?)?))
+    }
+
     /// The keys matching `pattern` on every node (one SCAN per master in a cluster).
     pub async fn scan(&self, pattern: &str) -> redis::RedisResult<Vec<String>> {
         let nodes = match &self.0 {

@@ -194,6 +194,9 @@ impl Backends {
             messages: n(info.state.messages),
             bytes: n(info.state.bytes),
             last_seq: n(info.state.last_sequence),
+            replicas: info.config.num_replicas.clamp(0, i32::MAX as usize) as i32,
+            leader: info.cluster.as_ref().and_then(|c| c.leader.clone()),
+            placement: placement(info.cluster.as_ref()),
         };
         Ok(out)
     }
@@ -449,6 +452,23 @@ fn consumer_missing(kind: context::ConsumerInfoErrorKind) -> bool {
         context::ConsumerInfoErrorKind::JetStream(e) => e.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND,
         _ => false,
     }
+}
+
+/// The servers holding a stream's copies, leader first, marked when one is behind or offline.
+fn placement(cluster: Option<&jetstream::stream::ClusterInfo>) -> Vec<String> {
+    let Some(cluster) = cluster else { return Vec::new() };
+    let mut out: Vec<String> = cluster.leader.iter().cloned().collect();
+    for peer in &cluster.replicas {
+        let mark = if peer.offline {
+            " (offline)"
+        } else if !peer.current {
+            " (behind)"
+        } else {
+            ""
+        };
+        out.push(format!("{}{mark}", peer.name));
+    }
+    out
 }
 
 #[cfg(test)]

@@ -30,6 +30,8 @@ const SIZE: &str = r"^(-1|[0-9]+(Ki|Mi|Gi|Ti|K|M|G|T)?)$";
         priority = "1"
     ),
     printcolumn(name = "Messages", type_ = "integer", json_path = ".status.stream.messages"),
+    printcolumn(name = "Replicas", type_ = "integer", json_path = ".status.stream.replicas", priority = "1"),
+    printcolumn(name = "Leader", type_ = "string", json_path = ".status.stream.leader", priority = "1"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[kube(validation = Rule::new("self.metadata.name.size() <= 200").message("a RelayChannel name is at most 200 characters: it prefixes NATS subjects and stream names"))]
@@ -257,4 +259,13 @@ pub struct StreamStatus {
     pub messages: i64,
     pub bytes: i64,
     pub last_seq: i64,
+    /// Copies JetStream keeps (the spec's `replicas`, as the stream has it).
+    #[serde(default)]
+    pub replicas: i32,
+    /// The NATS server leading the stream's replica group (on a cluster).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
+    /// The servers holding a copy, leader first; a `(behind)` or `(offline)` mark on one that is.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub placement: Vec<String>,
 }

@@ -58,6 +58,14 @@ pub struct Config {
     /// Sentinel mode: the name the sentinels monitor the master under.
     #[arg(long, env = "RELAY_REDIS_MASTER_NAME")]
     pub redis_master_name: Option<String>,
+    /// Replicas that must have a message before its publish is answered OK (Redis `WAIT` after
+    /// each append). 0: the master's word is enough. With 1 or more, a failover to a replica loses
+    /// nothing acknowledged (the most up-to-date replica is promoted); a publish whose replicas do
+    /// not answer in `--redis-wait-timeout` is answered UNAVAILABLE, to retry with its idempotency key.
+    #[arg(long, env = "RELAY_REDIS_WAIT_REPLICAS", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=16))]
+    pub redis_wait_replicas: u32,
+    #[arg(long, env = "RELAY_REDIS_WAIT_TIMEOUT", default_value = "500ms", value_parser = duration(10, 10_000))]
+    pub redis_wait_timeout: Duration,
     /// A private CA (PEM) to trust for Redis (with a rediss:// URL).
     #[arg(long, env = "RELAY_REDIS_CA_FILE")]
     pub redis_ca_file: Option<PathBuf>,

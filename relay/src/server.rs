@@ -48,8 +48,16 @@ fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
 
 /// Connects to NATS and Redis (both lazily: the relay starts, not ready, while they are down) and
 /// builds the shared state.
+/// Redis connections for appends that wait for replicas.
+const WRITERS: usize = 4;
+
 pub async fn connect(config: Config) -> anyhow::Result<Arc<Relay>> {
-    let store = store::Store::new(config.redis().connect()?)?;
+    let mut store = store::Store::new(config.redis().connect()?)?;
+    if config.redis_wait_replicas > 0 {
+        let writers = (0..WRITERS).map(|_| config.redis().connect()).collect::<Result<Vec<_>, _>>()?;
+        let replication = store::Replication::new(writers, config.redis_wait_replicas, config.redis_wait_timeout);
+        store = store.with_replication(replication);
+    }
     let (reconnected, _) = broadcast::channel(16);
     let events = reconnected.clone();
     let generation = Arc::new(std::sync::atomic::AtomicU64::new(0));

@@ -3,11 +3,28 @@
 //! checked, violations. Exits non-zero when a seed finds a violation (its servers' logs are kept;
 //! add the seed to `tests/tests/fault_checker.rs`).
 //!
-//! `scripts/soak.sh [minutes] [seconds per seed] [first seed]`
+//! `scripts/soak.sh [minutes] [seconds per seed] [first seed]`; `SOAK_TOPOLOGY=cluster` (three NATS
+//! nodes and a Redis Cluster), `sentinel` (Redis behind Sentinel) or `all` (the three in turn) runs
+//! on clustered backends with their node failures.
 
 use std::time::{Duration, Instant};
 
+use relay_tests::RedisTopology;
 use relay_tests::checker::{self, Config};
+
+/// The backends of the `n`th seed, per `SOAK_TOPOLOGY`.
+fn topology(n: usize) -> (usize, RedisTopology) {
+    let single = (1, RedisTopology::Single);
+    let cluster = (3, RedisTopology::Cluster);
+    let sentinel = (1, RedisTopology::Sentinel);
+    match std::env::var("SOAK_TOPOLOGY").as_deref() {
+        Ok("cluster") => cluster,
+        Ok("sentinel") => sentinel,
+        Ok("all") => [single, cluster, sentinel][n % 3],
+        Ok("single") | Err(_) => single,
+        Ok(other) => panic!("SOAK_TOPOLOGY={other}: use single, cluster, sentinel or all"),
+    }
+}
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
@@ -20,8 +37,9 @@ async fn main() {
     let (mut seeds, mut faults, mut acknowledged, mut checked, mut markers, mut duplicates, mut failed) =
         (0, 0, 0, 0, 0, 0, Vec::new());
     while Instant::now() < until {
-        let report =
-            checker::run(Config { seed, duration: Duration::from_secs(per_seed), relays: 2, faults: true }).await;
+        let (nats_nodes, redis) = topology(seeds);
+        let duration = Duration::from_secs(per_seed);
+        let report = checker::run(Config { seed, duration, nats_nodes, redis, ..Default::default() }).await;
         println!("{}", report.summary());
         seeds += 1;
         faults += report.faults.len();

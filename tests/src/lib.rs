@@ -14,8 +14,8 @@ mod servers;
 pub use client::{Client, Event, Sub, at};
 pub use relay::proto::cursor::Position;
 pub use servers::{
-    Nats, OperatorProc, Pki, PocketBase, Redis, RelayProc, Server, Stack, StackOptions, TestUser, TlsProxy,
-    relay_binary,
+    Nats, OperatorProc, Pki, PocketBase, Redis, RedisTopology, RelayProc, Server, Stack, StackOptions, TestUser,
+    TlsProxy, relay_binary,
 };
 
 use std::net::TcpListener;

@@ -22,8 +22,14 @@ fn seconds() -> u64 {
 async fn randomized_faults_lose_nothing_that_was_acknowledged() {
     let mut failed = Vec::new();
     for seed in seeds() {
-        let report =
-            checker::run(Config { seed, duration: Duration::from_secs(seconds()), relays: 2, faults: true }).await;
+        let report = checker::run(Config {
+            seed,
+            duration: Duration::from_secs(seconds()),
+            relays: 2,
+            faults: true,
+            ..Default::default()
+        })
+        .await;
         println!("{}", report.summary());
         assert!(report.verdict.acknowledged > 100, "seed {seed}: too little was acknowledged to judge");
         if !report.verdict.violations.is_empty() {
@@ -35,7 +41,14 @@ async fn randomized_faults_lose_nothing_that_was_acknowledged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_faults_nothing_is_marked_and_nothing_is_delivered_twice() {
-    let report = checker::run(Config { seed: 7, duration: Duration::from_secs(10), relays: 2, faults: false }).await;
+    let report = checker::run(Config {
+        seed: 7,
+        duration: Duration::from_secs(10),
+        relays: 2,
+        faults: false,
+        ..Default::default()
+    })
+    .await;
     println!("{}", report.summary());
     let v = &report.verdict;
     assert!(v.violations.is_empty(), "{}", report.summary());

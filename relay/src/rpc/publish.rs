@@ -2,6 +2,8 @@
 //! A publish answered OK is in history and on NATS: acked by JetStream where a stream captures it,
 //! confirmed by the NATS server otherwise. A publish that fails after its Redis append answers
 //! UNAVAILABLE ("retry with the same idempotency key") and is published again in the background.
+//! With `--redis-wait-replicas`, "in history" means on that many Redis replicas too: one whose
+//! replicas do not confirm in time answers UNAVAILABLE and is not announced until a retry confirms it.
 
 use std::time::Instant;
 
@@ -79,6 +81,13 @@ pub async fn publish(relay: &Relay, req: Request<PublishRequest>) -> Result<Publ
         // A replayed publish is sent to NATS again: the first attempt may have died before it did.
         // Subscribers drop the copy by seq; JetStream drops it by message id.
         message = appended.message;
+        if !appended.replicated {
+            // Not announced: a failover could still take it back. The retry finds it stored.
+            return Err(Error::Retry(format!(
+                "stored as seq {} but not yet on enough Redis replicas; retry with the same idempotency key",
+                message.seq
+            )));
+        }
         if let Err(e) = republish::publish(&bus, &message, jetstream).await {
             tracing::debug!(channel = %message.channelid, seq = message.seq, error = %e, "stored but not published; publishing again in the background");
             let seq = message.seq;

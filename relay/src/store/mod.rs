@@ -13,10 +13,19 @@
 //! epoch, drops what is left of the old history and counts `seq` from 1 again. Every message carries
 //! its epoch, so readers can tell "seq 3 again" from "seq 3 once more" and say so to clients.
 //!
+//! **Replicas.** Redis replicates asynchronously: a master that fails takes its last writes with
+//! it, and the promoted replica hands their seqs out again. With `--redis-wait-replicas N` every
+//! append is followed by `WAIT N` on the same connection (one pipeline, so the WAIT vouches for that
+//! write and no other); only then is the message announced, and `durable.lua` records the channel's
+//! `durable` seq, past which readers do not read (`read.lua`'s last argument). What a failover can
+//! take back was then never seen by anyone: neither on NATS nor in a history page.
+//!
 //! Finding a position by age or by `ts` is a binary search over seqs inside the scripts (entries are
 //! in `ts` order because `ts` grows with `seq`): a page costs O(log n) stream lookups plus the page,
 //! never a scan of the history.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use relay_channel::{WireMessage, names};
@@ -27,6 +36,7 @@ use crate::error::{Error, Result};
 const HELPERS: &str = include_str!("helpers.lua");
 const APPEND: &str = include_str!("append.lua");
 const READ: &str = include_str!("read.lua");
+const DURABLE: &str = include_str!("durable.lua");
 
 /// How long an idempotency key is remembered when the channel keeps history for less.
 const MIN_IDEMPOTENCY_TTL: u64 = 3600;
@@ -62,6 +72,8 @@ pub struct Appended {
     pub message: WireMessage,
     /// The idempotency key was seen before: this is the message stored then.
     pub replayed: bool,
+    /// On as many Redis replicas as `--redis-wait-replicas` asks (always, when it asks none).
+    pub replicated: bool,
 }
 
 /// Where a reader resumes.
@@ -127,6 +139,26 @@ pub struct Store {
     conn: Conn,
     append: redis::Script,
     read: redis::Script,
+    durable: redis::Script,
+    /// Set with `--redis-wait-replicas`: appends wait for that many replicas.
+    replication: Option<Arc<Replication>>,
+}
+
+/// Appends that count only once Redis replicas have them (`WAIT` behind each append).
+pub struct Replication {
+    /// Connections for appends only: a WAIT holds up what follows it on its connection, so reads
+    /// never queue behind one, and appends spread over a few.
+    writers: Vec<Conn>,
+    next: AtomicUsize,
+    pub replicas: u32,
+    pub timeout: Duration,
+}
+
+impl Replication {
+    pub fn new(writers: Vec<Conn>, replicas: u32, timeout: Duration) -> Self {
+        assert!(!writers.is_empty(), "at least one writer connection");
+        Self { writers, next: AtomicUsize::new(0), replicas, timeout }
+    }
 }
 
 type Entry = (String, Vec<String>);
@@ -139,7 +171,48 @@ impl Store {
             conn,
             append: redis::Script::new(&format!("{HELPERS}\n{APPEND}")),
             read: redis::Script::new(&format!("{HELPERS}\n{READ}")),
+            durable: redis::Script::new(DURABLE),
+            replication: None,
         })
+    }
+
+    /// Makes appends wait for Redis replicas (see [`Replication`]).
+    pub fn with_replication(mut self, replication: Replication) -> Self {
+        self.replication = Some(Arc::new(replication));
+        self
+    }
+
+    /// Runs a script call (`EVALSHA`, loading the script first where Redis does not have it yet),
+    /// waiting for replicas when the store is set to; returns the reply and whether it is on as many
+    /// replicas as asked.
+    async fn eval(&self, script: &redis::Script, args: &redis::Cmd, key: &str) -> Result<(redis::Value, bool)> {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(script.get_hash());
+        for arg in args.args_iter() {
+            if let redis::Arg::Simple(bytes) = arg {
+                cmd.arg(bytes);
+            }
+        }
+        let run = || async {
+            match &self.replication {
+                None => cmd.query_async::<redis::Value>(&mut self.conn.clone()).await.map(|v| (v, true)),
+                Some(r) => {
+                    let writer = &r.writers[r.next.fetch_add(1, Ordering::Relaxed) % r.writers.len()];
+                    let (v, acked) = writer.write_and_wait(key, &cmd, r.replicas, r.timeout).await?;
+                    Ok((v, acked >= i64::from(r.replicas)))
+                }
+            }
+        };
+        bounded(async {
+            match run().await {
+                Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                    let _: String = script.load_async(&mut self.conn.clone()).await?;
+                    run().await
+                }
+                other => other,
+            }
+        })
+        .await
     }
 
     /// Runs a command, with the same deadline as every Redis call.
@@ -160,30 +233,34 @@ impl Store {
         a.max_age_secs = a.max_age_secs.min(MAX_AGE_SECS);
         a.max_messages = a.max_messages.min(MAX_MESSAGES);
         a.idle_ttl_secs = a.idle_ttl_secs.map(|t| t.min(MAX_AGE_SECS));
-        let mut conn = self.conn.clone();
         let idem = a.idempotency_key.map(|k| names::idempotency_key(a.channel, a.userid, k));
         let idem_ttl = a.max_age_secs.max(MIN_IDEMPOTENCY_TTL);
         let meta = names::meta_key(a.channel);
+        let mut args = redis::Cmd::new();
+        args.arg(3)
+            .arg(names::history_key(a.channel))
+            .arg(&meta)
+            // Without a key, the meta key stands in: every key of a script shares the channel's slot.
+            .arg(idem.as_deref().unwrap_or(&meta))
+            .arg(a.userid)
+            .arg(a.text)
+            .arg(a.id)
+            .arg(a.max_messages.max(1))
+            .arg(a.max_age_secs)
+            .arg(idem_ttl)
+            .arg(if idem.is_some() { "1" } else { "0" })
+            .arg(a.username)
+            .arg(new_epoch())
+            .arg(a.idle_ttl_secs.map_or(0, |t| t.max(a.max_age_secs)));
+        let (reply, replicated) = self.eval(&self.append, &args, &meta).await?;
         type Reply = (u8, String, String, String, String, String, String);
-        let (replayed, seq, ts, id, text, username, epoch) = bounded(
-            self.append
-                .key(names::history_key(a.channel))
-                .key(&meta)
-                // Without a key, the meta key stands in: every key of a script shares the channel's slot.
-                .key(idem.as_deref().unwrap_or(&meta))
-                .arg(a.userid)
-                .arg(a.text)
-                .arg(a.id)
-                .arg(a.max_messages.max(1))
-                .arg(a.max_age_secs)
-                .arg(idem_ttl)
-                .arg(if idem.is_some() { "1" } else { "0" })
-                .arg(a.username)
-                .arg(new_epoch())
-                .arg(a.idle_ttl_secs.map_or(0, |t| t.max(a.max_age_secs)))
-                .invoke_async::<Reply>(&mut conn),
-        )
-        .await?;
+        let (replayed, seq, ts, id, text, username, epoch): Reply =
+            redis::from_redis_value(reply).map_err(|e| Error::unavailable("redis", e.to_string()))?;
+        if replicated && self.replication.is_some() {
+            // Readers that read only what replicas have may read it now.
+            let mut conn = self.conn.clone();
+            let _: u8 = bounded(self.durable.key(&meta).arg(&epoch).arg(&seq).invoke_async(&mut conn)).await?;
+        }
         let bad = |what: &str| Error::unavailable("redis", format!("append script returned a bad {what}"));
         Ok(Appended {
             message: WireMessage {
@@ -197,6 +274,7 @@ impl Store {
                 epoch,
             },
             replayed: replayed == 1,
+            replicated,
         })
     }
 
@@ -218,6 +296,7 @@ impl Store {
                 .arg(max_age.as_secs().min(MAX_AGE_SECS))
                 .arg(limit)
                 .arg(PAGE_BYTES)
+                .arg(if self.replication.is_some() { "1" } else { "0" })
                 .invoke_async::<ReadReply>(&mut conn),
         )
         .await?;

@@ -5,6 +5,7 @@
 --       3 max age seconds: older entries are left out even before they are trimmed (0: none)
 --       4 limit: up to limit + 1 entries are returned, so the caller can tell whether there is more
 --       5 byte budget: entries stop before their fields add up to more (one is always returned)
+--       6 '1': only what replicas are known to have (up to meta's `durable` seq) is read
 -- Returns {{epoch, last seq, last ts seconds, last ts nanoseconds}, oldest seq, oldest ts, entries,
 -- 1 when the budget cut the page short} where "oldest" is the oldest entry inside retention (0 and
 -- '0' when there is none) and entries are oldest first, except for 'latest' where they are newest
@@ -13,8 +14,14 @@ local history, meta = KEYS[1], KEYS[2]
 local m = redis.call('HMGET', meta, 'epoch', 'seq', 'ts_s', 'ts_ns')
 local header = {m[1] or '', m[2] or '0', m[3] or '0', m[4] or '0'}
 local head = redis.call('XRANGE', history, '-', '+', 'COUNT', 1)[1]
-local tail = redis.call('XREVRANGE', history, '+', '-', 'COUNT', 1)[1]
-if not head then return {header, 0, '0', {}, 0} end
+local top = '+'
+if ARGV[6] == '1' then
+  local durable = tonumber(redis.call('HGET', meta, 'durable') or '0')
+  if tonumber(header[2]) > durable then header[2] = tostring(durable) end
+  top = id(durable)
+end
+local tail = redis.call('XREVRANGE', history, top, '-', 'COUNT', 1)[1]
+if not head or not tail then return {header, 0, '0', {}, 0} end
 local start, last = seq_of(head), seq_of(tail)
 local max_age = tonumber(ARGV[3])
 local sec, nsec = now()
@@ -46,7 +53,7 @@ local function take(fetch)
 end
 if ARGV[1] == 'latest' then
   local entries, cut = take(function(n, last)
-    return redis.call('XREVRANGE', history, last and ('(' .. last[1]) or '+', id(start), 'COUNT', n)
+    return redis.call('XREVRANGE', history, last and ('(' .. last[1]) or tail[1], id(start), 'COUNT', n)
   end)
   return {header, seq_of(oldest), ts_of(oldest), entries, cut}
 else
@@ -63,7 +70,7 @@ else
     end
   end
   local entries, cut = take(function(n, last)
-    return redis.call('XRANGE', history, last and ('(' .. last[1]) or id(from), '+', 'COUNT', n)
+    return redis.call('XRANGE', history, last and ('(' .. last[1]) or id(from), tail[1], 'COUNT', n)
   end)
   return {header, seq_of(oldest), ts_of(oldest), entries, cut}
 end

@@ -21,7 +21,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::{Client, OperatorProc, Stack, StackOptions, TestUser, eventually};
+use crate::{Client, OperatorProc, RedisTopology, Stack, StackOptions, TestUser, eventually};
 use history::{Fault, History, Mode};
 use workload::{Target, World};
 
@@ -33,6 +33,23 @@ pub struct Config {
     pub duration: Duration,
     pub relays: usize,
     pub faults: bool,
+    /// NATS servers: 1, or a cluster of 3 (streams replicated three times, nodes killed).
+    pub nats_nodes: usize,
+    /// Redis Cluster: masters killed and slots moved; Sentinel: failovers and masters killed.
+    pub redis: RedisTopology,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            seed: 1,
+            duration: Duration::from_secs(25),
+            relays: 2,
+            faults: true,
+            nats_nodes: 1,
+            redis: RedisTopology::Single,
+        }
+    }
 }
 
 /// What a run found.
@@ -77,15 +94,29 @@ const SETTLE_QUIET: Duration = Duration::from_secs(6);
 
 /// Runs one seed to the end and judges it.
 pub async fn run(config: Config) -> Report {
-    let options = StackOptions { relays: config.relays, ..Default::default() }
-        .env("RELAY_UNDECLARED_CHANNELS", "deny")
-        .env("RELAY_SETTINGS_TTL", "2s")
-        .env("RELAY_HEARTBEAT", "1s")
-        .env("RELAY_SHUTDOWN_GRACE", "2s");
+    // With replicas, an acknowledged publish must be on every replica of its master: whichever
+    // one is promoted then has it. (Sentinel may promote a replica that lags; one of two is not enough.)
+    let wait_replicas = config.redis.replicas_per_master().to_string();
+    let options = StackOptions {
+        relays: config.relays,
+        nats_nodes: config.nats_nodes,
+        redis: config.redis,
+        ..Default::default()
+    }
+    .env("RELAY_REDIS_WAIT_REPLICAS", &wait_replicas)
+    .env("RELAY_UNDECLARED_CHANNELS", "deny")
+    .env("RELAY_SETTINGS_TTL", "2s")
+    .env("RELAY_HEARTBEAT", "1s")
+    .env("RELAY_SHUTDOWN_GRACE", "2s");
     let mut stack = Stack::with(options).await;
     let dir = stack.dir().join("channels");
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("channels.yaml"), CHANNELS).unwrap();
+    // On a NATS cluster, every stream is replicated to all three nodes.
+    let channels = match config.nats_nodes {
+        1 => CHANNELS.to_owned(),
+        n => CHANNELS.replace("spec:\n", &format!("spec:\n  stream: {{replicas: {n}}}\n")),
+    };
+    std::fs::write(dir.join("channels.yaml"), channels).unwrap();
     let _operator = OperatorProc::start(&stack, &["--standalone", dir.to_str().unwrap(), "--resync", "1s"], &[]).await;
     let users = create_users(&stack).await;
     declared(&stack).await;
@@ -134,7 +165,7 @@ pub async fn run(config: Config) -> Report {
         let _ = stop_faults.send(true);
     });
     let faults = if config.faults {
-        nemesis::run(&mut stack, actor_seed(seed, 99), started, faults_stop).await
+        nemesis::run(&mut stack, &config, actor_seed(seed, 99), started, faults_stop).await
     } else {
         let _ = stopper.await;
         Vec::new()
@@ -203,6 +234,19 @@ async fn settle(progress: &AtomicU64) {
 }
 
 impl Report {
+    fn topology(&self) -> String {
+        let mut out = String::new();
+        if self.config.nats_nodes > 1 {
+            let _ = write!(out, ", {} NATS nodes", self.config.nats_nodes);
+        }
+        match self.config.redis {
+            RedisTopology::Single => {}
+            RedisTopology::Cluster => out.push_str(", Redis Cluster"),
+            RedisTopology::Sentinel => out.push_str(", Redis Sentinel"),
+        }
+        out
+    }
+
     /// A few lines for the test log.
     pub fn summary(&self) -> String {
         let v = &self.verdict;
@@ -211,10 +255,11 @@ impl Report {
             *kinds.entry(f.kind.split([' ', '(']).next().unwrap_or("").to_owned()).or_default() += 1;
         }
         let mut out = format!(
-            "seed {} ({:?}, {} relays): {} acknowledged, {} deliveries checked, {} faults {:?}, {} markers ({} messages covered), {} queue duplicates ({} abandoned by workers), {} perUser out of order, {} violations",
+            "seed {} ({:?}, {} relays{}): {} acknowledged, {} deliveries checked, {} faults {:?}, {} markers ({} messages covered), {} queue duplicates ({} abandoned by workers), {} perUser out of order, {} violations",
             self.config.seed,
             self.config.duration,
             self.config.relays,
+            self.topology(),
             v.acknowledged,
             v.deliveries_checked,
             self.faults.len(),

@@ -154,7 +154,18 @@ impl Stack {
             backends.reachable()
         })
         .await;
-        backends.apply(name, &owner, &desired).await.expect("operator apply")
+        // Retried as the operator retries: a cluster may be electing a leader.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            match backends.apply(name, &owner, &desired).await {
+                Ok(outcome) => return outcome,
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    eprintln!("operator apply: {e:?}; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                }
+                Err(e) => panic!("operator apply: {e:?}"),
+            }
+        }
     }
 
     /// Keeps the folder of data and logs after the stack is gone (for a failed run).

@@ -1,0 +1,99 @@
+//! The relay on the engines users scale with: a 3-node NATS cluster with clustered JetStream, a
+//! 6-node Redis Cluster, and Redis behind Sentinel; each node failure under live clients.
+
+use std::time::Duration;
+
+use relay_channel::ChannelSettings;
+use relay_tests::checker::{self, Config};
+use relay_tests::{Position, RedisTopology, Stack, StackOptions, unique};
+
+const T: Duration = Duration::from_secs(10);
+
+async fn publish_and_receive(stack: &Stack) {
+    let alice = stack.pocketbase.create_user("alice").await;
+    let ch = unique("room");
+    let mut settings = ChannelSettings::default();
+    settings.limits.publish_per_second_per_user = 0;
+    stack.declare(&ch, &settings).await;
+    let mut sub = stack.client(1).await.subscribe(&alice.token, &[(&ch, Some(Position::SinceSeq(0)))]).await.unwrap();
+    assert!(sub.recovery().await.recovered);
+    let mut c = stack.client(0).await;
+    let mut sent = Vec::new();
+    for i in 0..20 {
+        sent.push(c.publish(&alice.token, &ch, &format!("m{i}")).await.unwrap());
+    }
+    assert_eq!(sub.messages(20, T).await, sent);
+}
+
+#[tokio::test]
+async fn relays_publish_and_deliver_on_a_nats_cluster_and_a_redis_cluster() {
+    let stack = Stack::with(StackOptions { nats_nodes: 3, redis: RedisTopology::Cluster, ..Default::default() }).await;
+    publish_and_receive(&stack).await;
+}
+
+#[tokio::test]
+async fn relays_publish_and_deliver_with_redis_behind_sentinel() {
+    let stack = Stack::with(StackOptions { redis: RedisTopology::Sentinel, ..Default::default() }).await;
+    publish_and_receive(&stack).await;
+}
+
+/// A seeded checker run on clusters: every kind of node failure at least once while publishers,
+/// subscribers and workers run; every acknowledged message delivered once in order, or a marker.
+async fn checker_on(seed: u64, nats_nodes: usize, redis: RedisTopology) {
+    let config = Config { seed, duration: Duration::from_secs(30), nats_nodes, redis, ..Default::default() };
+    let report = checker::run(config).await;
+    println!("{}", report.summary());
+    assert!(report.verdict.violations.is_empty(), "{}", report.summary());
+    assert!(report.verdict.acknowledged > 100, "too little work to judge: {}", report.summary());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_acknowledged_is_lost_when_nats_nodes_and_redis_cluster_masters_die_and_slots_move() {
+    checker_on(11, 3, RedisTopology::Cluster).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_acknowledged_is_lost_through_sentinel_failovers() {
+    checker_on(12, 1, RedisTopology::Sentinel).await;
+}
+
+#[tokio::test]
+async fn a_replicated_stream_is_placed_on_three_nodes_and_its_leader_reported_and_moved() {
+    let mut stack = Stack::with(StackOptions { nats_nodes: 3, ..Default::default() }).await;
+    let alice = stack.pocketbase.create_user("alice").await;
+    let ch = unique("orders");
+    let spec =
+        serde_json::json!({"delivery": "queue", "stream": {"replicas": 3}, "limits": {"publishPerSecondPerUser": 0}});
+    let outcome = stack.declare_spec(&ch, spec.clone()).await;
+    assert_eq!(outcome.stream.replicas, 3, "{outcome:?}");
+    let leader = outcome.stream.leader.clone().expect("a leader on a cluster");
+    assert_eq!(outcome.stream.placement.len(), 3, "{:?}", outcome.stream.placement);
+    assert_eq!(outcome.stream.placement[0], leader);
+
+    let mut c = stack.client(0).await;
+    c.publish(&alice.token, &ch, "before").await.unwrap();
+    // The leader's node dies: the other two elect a new one and publishing goes on.
+    let i: usize = leader.trim_start_matches('n').parse().unwrap();
+    stack.nats.node(i).stop().await;
+    let started = std::time::Instant::now();
+    loop {
+        match c.publish(&alice.token, &ch, "after").await {
+            Ok(_) => break,
+            Err(e) if e.code() == tonic::Code::Unavailable => {
+                assert!(started.elapsed() < Duration::from_secs(30), "publishing never came back: {e:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    println!("publishing again {:?} after the stream leader's node died", started.elapsed());
+    let outcome = stack.declare_spec(&ch, spec).await;
+    let moved = outcome.stream.leader.clone().expect("a new leader");
+    assert_ne!(moved, leader, "{outcome:?}");
+    assert!(
+        outcome.stream.placement.iter().any(|p| p.starts_with(&leader) && p.ends_with(')')),
+        "{:?}",
+        outcome.stream.placement
+    );
+    assert_eq!(outcome.stream.messages, 2);
+}

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use relay_channel::ChannelSettings;
-use relay_tests::{Nats, Redis, Stack, StackOptions};
+use relay_tests::{Nats, Redis, RedisTopology, Stack, StackOptions};
 
 use crate::scenario::{Load, Pids};
 use crate::targets::{NatsTarget, RelayTarget, Target};
@@ -75,6 +75,15 @@ struct Args {
     /// Relay replicas (relay system only).
     #[arg(long, default_value_t = 2)]
     replicas: usize,
+    /// NATS servers under the relay: 1, or a cluster of 3 (streams replicated three times).
+    #[arg(long, default_value_t = 1)]
+    nats_nodes: usize,
+    /// Redis under the relay: single, cluster (3 masters, 3 replicas) or sentinel (a master, 2 replicas).
+    #[arg(long, default_value = "single", value_parser = ["single", "cluster", "sentinel"])]
+    redis: String,
+    /// Replicas each publish waits for (Redis WAIT); by default every replica of its master.
+    #[arg(long)]
+    redis_wait_replicas: Option<u32>,
 }
 
 #[tokio::main]
@@ -83,7 +92,16 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let dir = tempfile::Builder::new().prefix("relay-bench-").tempdir()?;
     // Whatever the system, its servers live until the end of `run`.
-    let (target, pids, _servers) = start(args.system, args.replicas, dir.path()).await?;
+    let backends = Backends {
+        nats_nodes: args.nats_nodes,
+        redis: match args.redis.as_str() {
+            "cluster" => RedisTopology::Cluster,
+            "sentinel" => RedisTopology::Sentinel,
+            _ => RedisTopology::Single,
+        },
+        wait_replicas: args.redis_wait_replicas,
+    };
+    let (target, pids, _servers) = start(args.system, args.replicas, &backends, dir.path()).await?;
     let t = Arc::new(target);
     let duration = Duration::from_secs(args.seconds);
     let report = match args.scenario {
@@ -122,13 +140,33 @@ async fn main() -> anyhow::Result<()> {
 /// Whatever keeps a system's servers alive (they stop when it drops).
 type Servers = Box<dyn std::any::Any + Send>;
 
-async fn start(system: System, replicas: usize, dir: &std::path::Path) -> anyhow::Result<(Target, Pids, Servers)> {
+/// The NATS and Redis under the relay.
+struct Backends {
+    nats_nodes: usize,
+    redis: RedisTopology,
+    wait_replicas: Option<u32>,
+}
+
+async fn start(
+    system: System,
+    replicas: usize,
+    backends: &Backends,
+    dir: &std::path::Path,
+) -> anyhow::Result<(Target, Pids, Servers)> {
     Ok(match system {
         System::Relay => {
+            let wait = backends.wait_replicas.unwrap_or(backends.redis.replicas_per_master());
+            let options = StackOptions {
+                relays: replicas.max(1),
+                nats_nodes: backends.nats_nodes,
+                redis: backends.redis,
+                ..Default::default()
+            };
             let stack = Stack::with(
-                StackOptions { relays: replicas.max(1), ..Default::default() }
+                options
                     // Every simulated client uses one PocketBase user: lift the per-user stream cap.
                     .env("RELAY_MAX_STREAMS_PER_USER", "1000000")
+                    .env("RELAY_REDIS_WAIT_REPLICAS", &wait.to_string())
                     .env("RUST_LOG", "warn"),
             )
             .await;
@@ -139,7 +177,8 @@ async fn start(system: System, replicas: usize, dir: &std::path::Path) -> anyhow
             let addrs = stack.relays.iter().map(|r| r.addr()).collect();
             let front: Vec<u32> = stack.relays.iter().map(|r| r.pid()).collect();
             let mut server = front.clone();
-            server.extend([stack.nats.pid(), stack.redis.pid()]);
+            server.extend(stack.nats.pids());
+            server.extend(stack.redis.pids());
             let target = Target::Relay(RelayTarget::new(addrs, user.token).await?);
             (target, Pids { server, front }, Box::new(stack))
         }

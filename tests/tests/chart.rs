@@ -181,6 +181,8 @@ fn tls_cas_and_nats_credentials_come_from_secrets() {
     }
     let relay = &find(&docs, "Deployment", "rel-relay")["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(env_of(relay)["RELAY_CLIENT_IP_HEADER"]["value"], "x-real-ip");
+    assert_eq!(env_of(relay)["RELAY_REDIS_MODE"]["value"], "cluster");
+    assert_eq!(env_of(relay)["RELAY_REDIS_WAIT_REPLICAS"]["value"], "1");
     assert!(!yaml.contains("password"), "no secret in the rendered chart");
     // Without TLS values nothing is mounted.
     let (_, plain) = render(&[]);
@@ -263,4 +265,30 @@ async fn the_api_server_accepts_every_rendered_object_and_example() {
         None,
     );
     assert_eq!(out.lines().count(), 4, "{out}");
+}
+
+#[test]
+fn redis_modes_reach_the_relay_and_the_operator_and_sentinel_needs_a_master_name() {
+    let (_, docs) = render(&[
+        "--set",
+        "redis.mode=sentinel",
+        "--set",
+        "redis.masterName=mymaster",
+        "--set",
+        "redis.waitReplicas=2",
+    ]);
+    for (deployment, prefix) in [("rel-relay", "RELAY"), ("rel-relay-operator", "OPERATOR")] {
+        let env = env_of(&find(&docs, "Deployment", deployment)["spec"]["template"]["spec"]["containers"][0]);
+        assert_eq!(env[&format!("{prefix}_REDIS_MODE")]["value"], "sentinel", "{deployment}");
+        assert_eq!(env[&format!("{prefix}_REDIS_MASTER_NAME")]["value"], "mymaster", "{deployment}");
+    }
+    let relay = env_of(&find(&docs, "Deployment", "rel-relay")["spec"]["template"]["spec"]["containers"][0]);
+    assert_eq!(relay["RELAY_REDIS_WAIT_REPLICAS"]["value"], "2");
+    let out = Command::new(assets().join("helm"))
+        .args(["template", "rel", "charts/relay", "--set", "redis.mode=sentinel"])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "sentinel without a master name must be refused");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("masterName"), "{}", String::from_utf8_lossy(&out.stderr));
 }

@@ -70,6 +70,14 @@ seccompProfile:
 
 {{/* Env vars pointing at the mounted CA and credentials files; prefix RELAY or OPERATOR. The
      operator does not call PocketBase. */}}
+{{/* How Redis is deployed, for the relay (RELAY) or the operator (OPERATOR). */}}
+{{- define "relay.redisModeEnv" -}}
+- { name: {{ .prefix }}_REDIS_MODE, value: {{ .redis.mode | default "standalone" | quote }} }
+{{- if .redis.masterName }}
+- { name: {{ .prefix }}_REDIS_MASTER_NAME, value: {{ .redis.masterName | quote }} }
+{{- end }}
+{{- end }}
+
 {{- define "relay.backendFileEnv" -}}
 {{- range (include "relay.backendFiles" .root | fromJsonArray) }}
 {{- if not (and (eq $.prefix "OPERATOR") (eq .backend "pocketbase")) }}

@@ -87,6 +87,11 @@ impl Nats {
         self.nodes[0].pid()
     }
 
+    /// Every running node's process (for measuring CPU and memory).
+    pub fn pids(&self) -> Vec<u32> {
+        self.nodes.iter().map(Server::pid).filter(|p| *p != 0).collect()
+    }
+
     /// SIGKILL to every node: NATS is gone.
     pub async fn stop(&mut self) {
         for n in &mut self.nodes {

@@ -259,6 +259,11 @@ impl Redis {
         self.nodes[0].pid()
     }
 
+    /// Every running node's and sentinel's process (for measuring CPU and memory).
+    pub fn pids(&self) -> Vec<u32> {
+        self.nodes.iter().chain(&self.sentinels).map(Server::pid).filter(|p| *p != 0).collect()
+    }
+
     /// A data node: a cluster node, or for sentinel the master (0) and replicas.
     pub fn node(&mut self, i: usize) -> &mut Server {
         &mut self.nodes[i]

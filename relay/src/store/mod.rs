@@ -97,8 +97,11 @@ pub enum Read {
 pub struct Page {
     /// The channel's epoch; empty when nothing was ever published (or its meta was lost since).
     pub epoch: String,
-    /// The last seq assigned in this epoch (0: none).
+    /// The last seq a reader may read in this epoch (0: none): the last assigned, or with
+    /// `--redis-wait-replicas` the last that replicas are known to have.
     pub last_seq: u64,
+    /// The last seq assigned in this epoch (at least `last_seq`).
+    pub assigned_seq: u64,
     /// The last ts assigned in this epoch (0: none).
     pub last_ts: i64,
     /// The oldest message inside retention, as (seq, ts).
@@ -112,7 +115,7 @@ impl Page {
     /// Whether the channel's history was lost since a cursor at `after` of `epoch` was handed out:
     /// its position means nothing in the current epoch, so a reader starts from the beginning.
     pub fn lost_since(&self, after: After, epoch: &str) -> bool {
-        (!epoch.is_empty() && epoch != self.epoch) || matches!(after, After::Seq(s) if s > self.last_seq)
+        (!epoch.is_empty() && epoch != self.epoch) || matches!(after, After::Seq(s) if s > self.assigned_seq)
     }
 
     /// Whether history holds everything after `after` of epoch `epoch` (empty: the current one),
@@ -122,9 +125,11 @@ impl Page {
             return false;
         }
         match after {
-            // A seq beyond the last one comes from before a loss of Redis data.
+            // A seq beyond the last assigned one comes from before a loss of Redis data; one past
+            // what may be read yet (replicas have not confirmed it) misses nothing.
             After::Seq(s) => {
-                s == self.last_seq || (s < self.last_seq && self.oldest.is_some_and(|(seq, _)| seq <= s + 1))
+                (self.last_seq..=self.assigned_seq).contains(&s)
+                    || (s < self.last_seq && self.oldest.is_some_and(|(seq, _)| seq <= s + 1))
             }
             // Nothing is newer, or nothing was ever trimmed, or all that was trimmed is older.
             After::Ts(t) => t >= self.last_ts || self.oldest.is_some_and(|(seq, ts)| seq == 1 || ts <= t),
@@ -310,6 +315,7 @@ impl Store {
         }
         Ok(Page {
             last_seq: number(1).max(0) as u64,
+            assigned_seq: number(4).max(number(1)).max(0) as u64,
             last_ts: number(2).saturating_mul(1_000_000_000).saturating_add(number(3)),
             oldest: (oldest_seq > 0).then(|| (oldest_seq, oldest_ts.parse().unwrap_or(0))),
             epoch,
@@ -383,7 +389,7 @@ mod tests {
     use super::*;
 
     fn page(epoch: &str, last_seq: u64, last_ts: i64, oldest: Option<(u64, i64)>) -> Page {
-        Page { epoch: epoch.into(), last_seq, last_ts, oldest, ..Default::default() }
+        Page { epoch: epoch.into(), last_seq, assigned_seq: last_seq, last_ts, oldest, ..Default::default() }
     }
 
     #[test]

@@ -6,13 +6,14 @@
 --       4 limit: up to limit + 1 entries are returned, so the caller can tell whether there is more
 --       5 byte budget: entries stop before their fields add up to more (one is always returned)
 --       6 '1': only what replicas are known to have (up to meta's `durable` seq) is read
--- Returns {{epoch, last seq, last ts seconds, last ts nanoseconds}, oldest seq, oldest ts, entries,
+-- Returns {{epoch, last readable seq, last ts seconds, last ts nanoseconds, last assigned seq}, oldest
+-- seq, oldest ts, entries,
 -- 1 when the budget cut the page short} where "oldest" is the oldest entry inside retention (0 and
 -- '0' when there is none) and entries are oldest first, except for 'latest' where they are newest
 -- first.
 local history, meta = KEYS[1], KEYS[2]
 local m = redis.call('HMGET', meta, 'epoch', 'seq', 'ts_s', 'ts_ns')
-local header = {m[1] or '', m[2] or '0', m[3] or '0', m[4] or '0'}
+local header = {m[1] or '', m[2] or '0', m[3] or '0', m[4] or '0', m[2] or '0'}
 local head = redis.call('XRANGE', history, '-', '+', 'COUNT', 1)[1]
 local top = '+'
 if ARGV[6] == '1' then

@@ -35,9 +35,16 @@ pub async fn send(
     let mut page = relay.store.read(ch, Read::After(resume.after), PAGE, max_age).await?;
     let recovered = page.covers(resume.after, &resume.epoch);
     let mut why = "";
+    // What the client already has: live goes on after it even when replicas have not yet confirmed
+    // that far (what may be read then ends before the cursor).
+    let mut floor = match resume.after {
+        After::Seq(s) => s,
+        After::Ts(_) => 0,
+    };
     if !recovered {
         why = reason::EXPIRED;
         if page.lost_since(resume.after, &resume.epoch) {
+            floor = 0;
             // The cursor's position means nothing in this epoch: start from its beginning.
             why = "the channel's history was lost since the cursor (new epoch)";
             page = relay.store.read(ch, Read::After(After::Seq(0)), PAGE, max_age).await?;
@@ -54,7 +61,7 @@ pub async fn send(
         if !page.more {
             // Every message up to `base` was in Redis when the first page was read: it was sent,
             // or it is older than the cursor, or retention dropped it. Live goes on after it.
-            return Ok((epoch, last.max(base)));
+            return Ok((epoch, last.max(base).max(floor)));
         }
         page = relay.store.read(ch, Read::After(After::Seq(last)), PAGE, max_age).await?;
         if page.epoch != epoch && restarts < MAX_RESTARTS {
@@ -62,7 +69,7 @@ pub async fn send(
             restarts += 1;
             emit(outbox, recovery(ch, false, &page.epoch, reason::NEW_EPOCH)).await?;
             page = relay.store.read(ch, Read::After(After::Seq(0)), PAGE, max_age).await?;
-            (epoch, base, last) = (page.epoch.clone(), page.last_seq, 0);
+            (epoch, base, last, floor) = (page.epoch.clone(), page.last_seq, 0, 0);
         }
     }
 }

@@ -232,8 +232,13 @@ impl Conn {
         let (Some(reply), Some(acked)) = (values.next(), values.next()) else {
             return Err(redis::RedisError::from((redis::ErrorKind::Client, "a pipeline of two gave fewer replies")));
         };
-        let reply = reply.extract_error()?;
-        Ok((reply, redis::from_redis_value(acked.extract_error()?)?))
+        let reply = reply.extract_error();
+        // An error inside a pipeline's replies (READONLY from a demoted master) is not the
+        // pipeline's own: tell the Sentinel connection all the same.
+        if let Inner::Sentinel(s) = &self.0 {
+            s.settle(&reply);
+        }
+        Ok((reply?, redis::from_redis_value(acked.extract_error()?)?))
     }
 
     /// The keys matching `pattern` on every node (one SCAN per master in a cluster).

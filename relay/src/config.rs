@@ -64,7 +64,8 @@ pub struct Config {
     /// not answer in `--redis-wait-timeout` is answered UNAVAILABLE, to retry with its idempotency key.
     #[arg(long, env = "RELAY_REDIS_WAIT_REPLICAS", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=16))]
     pub redis_wait_replicas: u32,
-    #[arg(long, env = "RELAY_REDIS_WAIT_TIMEOUT", default_value = "500ms", value_parser = duration(10, 10_000))]
+    /// At most 2 s: longer would run into the Redis response deadline.
+    #[arg(long, env = "RELAY_REDIS_WAIT_TIMEOUT", default_value = "500ms", value_parser = duration(10, 2_000))]
     pub redis_wait_timeout: Duration,
     /// A private CA (PEM) to trust for Redis (with a rediss:// URL).
     #[arg(long, env = "RELAY_REDIS_CA_FILE")]

@@ -100,3 +100,45 @@ async fn a_replicated_stream_is_placed_on_three_nodes_and_its_leader_reported_an
     );
     assert_eq!(outcome.stream.messages, 2);
 }
+
+#[tokio::test]
+async fn a_publish_its_replicas_do_not_confirm_is_not_acknowledged_until_a_retry_is_confirmed() {
+    let mut stack = Stack::with(
+        StackOptions { redis: RedisTopology::Sentinel, ..Default::default() }.env("RELAY_REDIS_WAIT_REPLICAS", "2"),
+    )
+    .await;
+    let alice = stack.pocketbase.create_user("alice").await;
+    let ch = unique("orders");
+    let mut settings = ChannelSettings::default();
+    settings.limits.publish_per_second_per_user = 0;
+    stack.declare(&ch, &settings).await;
+    let mut sub = stack.client(1).await.subscribe(&alice.token, &[(&ch, Some(Position::SinceSeq(0)))]).await.unwrap();
+    assert!(sub.recovery().await.recovered);
+    let mut c = stack.client(0).await;
+    let first = c.publish_with_key(&alice.token, &ch, "k1", "one").await.unwrap();
+    assert_eq!(sub.messages(1, T).await, vec![first.clone()]);
+
+    // One replica stalls: the next publish is stored on the master but not on both replicas.
+    stack.redis.node(1).pause();
+    let err = c.publish_with_key(&alice.token, &ch, "k2", "two").await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("not yet on enough Redis replicas"), "{}", err.message());
+    // Not announced, and not readable from history either.
+    assert!(
+        sub.try_next(Duration::from_millis(700)).await.is_none_or(|e| !matches!(e, Ok(relay_tests::Event::Message(_))))
+    );
+    let page = c.history(&alice.token, &ch, Some(Position::SinceSeq(0)), 10).await.unwrap();
+    assert_eq!(page.messages.len(), 1, "only what replicas confirmed is read: {:?}", page.messages);
+
+    // The replica is back: the retry finds the message stored, waits again, and it goes out once.
+    stack.redis.node(1).resume();
+    let second = loop {
+        match c.publish_with_key(&alice.token, &ch, "k2", "two").await {
+            Ok(m) => break m,
+            Err(e) if e.code() == tonic::Code::Unavailable => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(e) => panic!("{e:?}"),
+        }
+    };
+    assert_eq!(second.seq, first.seq + 1);
+    assert_eq!(sub.messages(1, T).await, vec![second]);
+}

@@ -84,7 +84,7 @@ pub async fn publish(relay: &Relay, req: Request<PublishRequest>) -> Result<Publ
         if !appended.replicated {
             // Not announced: a failover could still take it back. The retry finds it stored.
             return Err(Error::Retry(format!(
-                "stored as seq {} but not yet on enough Redis replicas; retry with the same idempotency key",
+                "stored as seq {} but not yet on enough Redis replicas (it may still be delivered); retry with the same idempotency key",
                 message.seq
             )));
         }

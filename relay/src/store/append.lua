@@ -7,6 +7,9 @@
 if ARGV[7] == '1' then
   local prev = redis.call('HMGET', KEYS[3], 'seq', 'ts', 'id', 't', 'n', 'e')
   if prev[1] then
+    -- A write of its own, so that a WAIT behind this call covers the original append too (since
+    -- Redis 7.2 a WAIT only waits for what its own connection wrote).
+    redis.call('HINCRBY', KEYS[3], 'replays', 1)
     return {1, prev[1], prev[2], prev[3], prev[4], prev[5], prev[6] or ''}
   end
 end

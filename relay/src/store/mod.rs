@@ -176,7 +176,7 @@ impl Store {
             conn,
             append: redis::Script::new(&format!("{HELPERS}\n{APPEND}")),
             read: redis::Script::new(&format!("{HELPERS}\n{READ}")),
-            durable: redis::Script::new(DURABLE),
+            durable: redis::Script::new(&format!("{HELPERS}\n{DURABLE}")),
             replication: None,
         })
     }
@@ -187,10 +187,17 @@ impl Store {
         self
     }
 
-    /// Runs a script call (`EVALSHA`, loading the script first where Redis does not have it yet),
-    /// waiting for replicas when the store is set to; returns the reply and whether it is on as many
-    /// replicas as asked.
-    async fn eval(&self, script: &redis::Script, args: &redis::Cmd, key: &str) -> Result<(redis::Value, bool)> {
+    /// Runs a script call (`EVALSHA`, loading the script first where Redis does not have it yet)
+    /// on `conn`, with a `WAIT` for replicas behind it when `wait` is given; returns the reply and
+    /// whether it is on as many replicas as asked.
+    async fn eval(
+        &self,
+        conn: &Conn,
+        script: &redis::Script,
+        args: &redis::Cmd,
+        key: &str,
+        wait: Option<&Replication>,
+    ) -> Result<(redis::Value, bool)> {
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(script.get_hash());
         for arg in args.args_iter() {
@@ -199,11 +206,10 @@ impl Store {
             }
         }
         let run = || async {
-            match &self.replication {
-                None => cmd.query_async::<redis::Value>(&mut self.conn.clone()).await.map(|v| (v, true)),
+            match wait {
+                None => cmd.query_async::<redis::Value>(&mut conn.clone()).await.map(|v| (v, true)),
                 Some(r) => {
-                    let writer = &r.writers[r.next.fetch_add(1, Ordering::Relaxed) % r.writers.len()];
-                    let (v, acked) = writer.write_and_wait(key, &cmd, r.replicas, r.timeout).await?;
+                    let (v, acked) = conn.write_and_wait(key, &cmd, r.replicas, r.timeout).await?;
                     Ok((v, acked >= i64::from(r.replicas)))
                 }
             }
@@ -211,7 +217,8 @@ impl Store {
         bounded(async {
             match run().await {
                 Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                    let _: String = script.load_async(&mut self.conn.clone()).await?;
+                    // Loaded through the same connection: the node that lacks it.
+                    let _: String = script.load_async(&mut conn.clone()).await?;
                     run().await
                 }
                 other => other,
@@ -257,14 +264,25 @@ impl Store {
             .arg(a.username)
             .arg(new_epoch())
             .arg(a.idle_ttl_secs.map_or(0, |t| t.max(a.max_age_secs)));
-        let (reply, replicated) = self.eval(&self.append, &args, &meta).await?;
+        let replication = self.replication.as_deref();
+        // One writer for the append and its durable mark: both reach the same master.
+        let conn = match replication {
+            Some(r) => &r.writers[r.next.fetch_add(1, Ordering::Relaxed) % r.writers.len()],
+            None => &self.conn,
+        };
+        let (reply, mut replicated) = self.eval(conn, &self.append, &args, &meta, replication).await?;
         type Reply = (u8, String, String, String, String, String, String);
         let (replayed, seq, ts, id, text, username, epoch): Reply =
             redis::from_redis_value(reply).map_err(|e| Error::unavailable("redis", e.to_string()))?;
-        if replicated && self.replication.is_some() {
-            // Readers that read only what replicas have may read it now.
-            let mut conn = self.conn.clone();
-            let _: u8 = bounded(self.durable.key(&meta).arg(&epoch).arg(&seq).invoke_async(&mut conn)).await?;
+        if replicated && replication.is_some() {
+            // Readers that read only what replicas have may read it now. The mark is checked
+            // against the entry (the same id at that seq, in that epoch) and waited for too, so a
+            // failover neither takes it back nor lets it expose what replicas lack.
+            let mut mark = redis::Cmd::new();
+            mark.arg(2).arg(names::history_key(a.channel)).arg(&meta).arg(&epoch).arg(&seq).arg(&id);
+            let (held, waited) = self.eval(conn, &self.durable, &mark, &meta, replication).await?;
+            let held: u8 = redis::from_redis_value(held).map_err(|e| Error::unavailable("redis", e.to_string()))?;
+            replicated = waited && held == 1;
         }
         let bad = |what: &str| Error::unavailable("redis", format!("append script returned a bad {what}"));
         Ok(Appended {

@@ -18,12 +18,30 @@ import matplotlib.pyplot as plt  # noqa: E402
 results_path, commands_path, md_path, png_path = sys.argv[1:5]
 rows = [json.loads(line) for line in open(results_path) if line.strip()]
 commands = [c.strip() for c in open(commands_path) if c.strip()]
-SYSTEMS = ["relay", "centrifugo (memory)", "centrifugo (redis)", "nats (raw)"]
+SYSTEMS = ["relay", "relay (declared)", "relay-sim", "relay-sim (declared)", "centrifugo (memory)",
+           "centrifugo (redis)", "nats (raw)"]
 SCENARIOS = ["fanout", "channels", "throughput", "idle", "reconnect"]
 
 
+def key(r):
+    return r.get("kib_per_idle_subscription") or 0 if r["scenario"] == "idle" else r["delivered_per_s"]
+
+
 def get(system, scenario):
-    return next((r for r in rows if r["system"] == system and r["scenario"] == scenario), None)
+    """The median run of a system in a scenario (a real run, so its figures belong together),
+    with the number of runs and the spread of the headline figure."""
+    runs = sorted((r for r in rows if r["system"] == system and r["scenario"] == scenario), key=key)
+    if not runs:
+        return None
+    median = dict(runs[len(runs) // 2])
+    median["runs"] = len(runs)
+    median["spread"] = (key(runs[0]), key(runs[-1]))
+    return median
+
+
+def spread(r, digits=0):
+    lo, hi = r["spread"]
+    return f"{fmt(lo, digits)}-{fmt(hi, digits)} ({r['runs']} runs)" if r["runs"] > 1 else "1 run"
 
 
 def cmd(args):
@@ -51,14 +69,22 @@ machine = [
 ]
 
 fmt = lambda v, d=0: "-" if v is None else f"{v:,.{d}f}"  # noqa: E731
+pinning = next((r.get("pinning") for r in rows if r.get("pinning")), "not pinned")
 out = ["# Benchmarks", "", "Made by `scripts/bench.sh` (which ran every command listed at the end) in one run on one",
-       "machine. Figures vary 10-30% between runs on this kind of machine: compare the systems within",
-       "this run, as ratios, not against figures from elsewhere.", "", "## Machine", "", *machine, ""]
+       "machine. Each figure is the median of its runs, with the spread of the headline figure (min-max)",
+       "beside it. Compare the systems within this run, as ratios, not against figures from elsewhere.",
+       f"Pinning: {pinning}.", "", "## Machine", "", *machine, ""]
 
 out += ["## How each system was run", "",
         "- **relay**: two relay replicas (release build) with NATS (JetStream on), Redis (append-only file)",
         "  and PocketBase; one subscriber per HTTP/2 connection, spread over both replicas; publishes over",
-        "  gRPC to either replica, each acknowledged after Redis and NATS took it.",
+        "  gRPC to either replica, each acknowledged after Redis and NATS took it. **relay (declared)**:",
+        "  the same with the channels declared as `examples/channels/chat.yaml` declares them (by the",
+        "  operator's own code): a JetStream file-store stream captures them and each publish waits for",
+        "  its ack. This is the path users run.",
+        "- **relay-sim**: the ceiling for the relay's publish path: the relay's own Redis append script",
+        "  and NATS publish (JetStream-acked when declared) called directly, with no gRPC, auth or settings;",
+        "  subscribers read NATS directly.",
         "- **centrifugo (memory | redis)**: Centrifugo v6, one node, its memory or Redis engine, history",
         "  and recovery on for the channels (as a chat needs); one WebSocket connection per subscriber",
         "  (JSON protocol); publishes through its server HTTP API. Defaults otherwise.",
@@ -75,21 +101,21 @@ for scenario in SCENARIOS:
         continue
     out += [f"## {scenario}", "", f"{present[0].get('params') or ''}", ""]
     if scenario == "idle":
-        out += ["| system | KiB per idle subscription (front) | front RSS MB | server RSS MB | CPU idle (cores) | note |",
-                "| --- | ---: | ---: | ---: | ---: | --- |"]
+        out += ["| system | KiB per idle subscription (front) | spread | front RSS MB | server RSS MB | CPU idle (cores) | note |",
+                "| --- | ---: | --- | ---: | ---: | ---: | --- |"]
         for r in present:
-            out.append(f"| {r['system']} | {fmt(r.get('kib_per_idle_subscription'), 1)} | {fmt(r['front']['rss_mb'])} "
+            out.append(f"| {r['system']} | {fmt(r.get('kib_per_idle_subscription'), 1)} | {spread(r, 1)} | {fmt(r['front']['rss_mb'])} "
                        f"| {fmt(r['server']['rss_mb'])} | {fmt(r['server']['cpu_cores'], 2)} | {r.get('note', '')} |")
     else:
-        out += ["| system | published/s | delivered/s | delivered / expected | p50 ms | p90 ms | p99 ms | p99.9 ms | ack p50 ms | ack p99 ms | errors | server CPU | server RSS MB | note |",
-                "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+        out += ["| system | published/s | delivered/s | spread | delivered / expected | p50 ms | p90 ms | p99 ms | p99.9 ms | ack p50 ms | ack p99 ms | errors | server CPU | CPU ms / 1k publishes | server RSS MB | note |",
+                "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
         for r in present:
             lat, ack = r["latency"], r["ack"]
             out.append(
-                f"| {r['system']} | {fmt(r['publish_per_s'])} | {fmt(r['delivered_per_s'])} | {r['delivered']:,} / {r['expected']:,} "
+                f"| {r['system']} | {fmt(r['publish_per_s'])} | {fmt(r['delivered_per_s'])} | {spread(r)} | {r['delivered']:,} / {r['expected']:,} "
                 f"| {fmt(lat['p50_ms'], 2)} | {fmt(lat['p90_ms'], 2)} | {fmt(lat['p99_ms'], 2)} | {fmt(lat['p999_ms'], 2)} "
                 f"| {fmt(ack['p50_ms'], 2)} | {fmt(ack['p99_ms'], 2)} | {r['errors']} | {fmt(r['server']['cpu_cores'], 2)} "
-                f"| {fmt(r['server']['rss_mb'])} | {r.get('note', '')} |")
+                f"| {fmt(r.get('server_cpu_ms_per_1k'), 0)} | {fmt(r['server']['rss_mb'])} | {r.get('note', '')} |")
         relay = get("relay", scenario)
         if relay and relay["delivered_per_s"]:
             ratios = [f"{r['system']} {r['delivered_per_s'] / relay['delivered_per_s']:.2f}x" for r in present
@@ -104,14 +130,14 @@ open(md_path, "w").write("\n".join(out))
 # Chart: delivered/s and p99 latency per scenario and system.
 plotted = [s for s in SCENARIOS if s not in ("idle",)]
 fig, axes = plt.subplots(1, 3, figsize=(16, 5))
-width = 0.2
+width = 0.8 / len(SYSTEMS)
 for i, system in enumerate(SYSTEMS):
-    xs = [j + (i - 1.5) * width for j in range(len(plotted))]
+    xs = [j + (i - (len(SYSTEMS) - 1) / 2) * width for j in range(len(plotted))]
     axes[0].bar(xs, [(get(system, s) or {}).get("delivered_per_s", 0) for s in plotted], width, label=system)
     axes[1].bar(xs, [((get(system, s) or {}).get("latency") or {}).get("p99_ms", 0) for s in plotted], width, label=system)
 idle = [get(s, "idle") for s in SYSTEMS]
 axes[2].bar([r["system"] for r in idle if r], [r.get("kib_per_idle_subscription") or 0 for r in idle if r],
-            color=["C0", "C1", "C2", "C3"][: len([r for r in idle if r])])
+            color=[f"C{i}" for i in range(len([r for r in idle if r]))])
 for ax, title in zip(axes[:2], ["delivered messages/s", "p99 latency, ms (log)"]):
     ax.set_xticks(range(len(plotted)))
     ax.set_xticklabels(plotted)

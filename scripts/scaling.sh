@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Measures the relay on clustered backends (the table in docs/scaling.md): publishes/s and
-# deliveries/s with one NATS server or a cluster of three, and one Redis or a Redis Cluster of
-# three masters, then what each node failure costs clients (tests/examples/failover.rs).
+# deliveries/s with one NATS server or a cluster of three (the channel's JetStream stream on every
+# node), and one Redis or a Redis Cluster of three masters (each append waiting for its replica),
+# then what each node failure costs clients (tests/examples/failover.rs).
 #   scripts/scaling.sh              # about ten minutes
 #   SECONDS_PER_RUN=5 FAILOVER_RUNS=1 scripts/scaling.sh
 set -euo pipefail
@@ -19,7 +20,7 @@ echo "|---|---|---|---|---|---|---|"
 for nats in 1 3; do
   for redis in single cluster; do
     for scenario in "throughput --concurrency 64" "channels --channels 1000 --rate 2000"; do
-      json=$(target/release/loadgen --system relay --nats-nodes "$nats" --redis "$redis" \
+      json=$(target/release/loadgen --system relay --declared --nats-nodes "$nats" --redis "$redis" \
         --scenario $scenario --seconds "$secs" 2>"$out/last.err" | tail -1) || { echo "failed: $(tail -3 "$out/last.err")" >&2; continue; }
       python3 - "$nats" "$redis" "${scenario%% *}" "$json" <<'PY'
 import json, sys

@@ -2,9 +2,16 @@
 //! JSON line (and a readable summary on stderr). `scripts/bench.sh` runs every combination and
 //! writes `docs/benchmarks.md`.
 //!
-//! Systems: `relay` (`--replicas`, two by default, with NATS, Redis and PocketBase), `nats` (raw core NATS, the
-//! ceiling for the broker hop), `centrifugo-memory` and `centrifugo-redis` (Centrifugo v6 with each
-//! engine). Servers are started here, on loopback, from the same harness the tests use.
+//! Systems: `relay` (`--replicas`, two by default, with NATS, Redis and PocketBase), `relay-sim` (the
+//! relay's own Redis append and NATS publish called directly, no gRPC: the ceiling for the relay's
+//! publish path), `nats` (raw core NATS, the ceiling for the broker hop), `centrifugo-memory` and
+//! `centrifugo-redis` (Centrifugo v6 with each engine). Servers are started here, on loopback, from
+//! the same harness the tests use.
+//!
+//! `--declared` declares the benchmark channels as `examples/channels/chat.yaml` does, with the
+//! operator's own code: a JetStream stream captures them and every publish waits for its ack (the
+//! path users run). `--pin` puts the servers on the first CPU and the load generator on the others,
+//! so that the client's cost does not decide the result.
 #![forbid(unsafe_code)]
 
 mod centrifugo;
@@ -20,11 +27,12 @@ use relay_channel::ChannelSettings;
 use relay_tests::{Nats, Redis, RedisTopology, Stack, StackOptions};
 
 use crate::scenario::{Load, Pids};
-use crate::targets::{NatsTarget, RelayTarget, Target};
+use crate::targets::{NatsTarget, RelayTarget, SimTarget, Target};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum System {
     Relay,
+    RelaySim,
     Nats,
     CentrifugoMemory,
     CentrifugoRedis,
@@ -84,6 +92,14 @@ struct Args {
     /// Replicas each publish waits for (Redis WAIT); by default every replica of its master.
     #[arg(long)]
     redis_wait_replicas: Option<u32>,
+    /// Relay and relay-sim: the channels are declared with a JetStream stream, as
+    /// examples/channels/chat.yaml declares them (without its per-user rate limit, replicated on
+    /// every NATS node).
+    #[arg(long)]
+    declared: bool,
+    /// Servers on CPU 0, the load generator on the other CPUs (needs `taskset` and two CPUs).
+    #[arg(long)]
+    pin: bool,
 }
 
 #[tokio::main]
@@ -100,8 +116,10 @@ async fn main() -> anyhow::Result<()> {
             _ => RedisTopology::Single,
         },
         wait_replicas: args.redis_wait_replicas,
+        declared: args.declared,
     };
     let (target, pids, _servers) = start(args.system, args.replicas, &backends, dir.path()).await?;
+    let pinning = if args.pin { pin(&pids.server)? } else { "not pinned".to_owned() };
     let t = Arc::new(target);
     let duration = Duration::from_secs(args.seconds);
     let report = match args.scenario {
@@ -117,6 +135,15 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Idle => scenario::idle(t, &pids, args.subscribers).await?,
         Scenario::Reconnect => scenario::reconnect_storm(t, &pids, args.subscribers, args.missed).await?,
     };
+    let mut report = report;
+    report.pinning = pinning;
+    report.declared = args.declared;
+    if args.declared {
+        report.system.push_str(" (declared)");
+    }
+    if report.published > 0 {
+        report.server_cpu_ms_per_1k = report.server.cpu_cores * report.seconds / report.published as f64 * 1e6;
+    }
     eprintln!(
         "{} {}: {:.0} pub/s, {:.0} deliveries/s ({}/{}), latency p50 {:.2} ms p99 {:.2} ms, ack p50 {:.2} ms, errors {}, server CPU {:.2} cores RSS {:.0} MB {}",
         report.system,
@@ -145,6 +172,34 @@ struct Backends {
     nats_nodes: usize,
     redis: RedisTopology,
     wait_replicas: Option<u32>,
+    declared: bool,
+}
+
+/// The spec `--declared` uses: the example chat channel, without its per-user rate limit, its
+/// stream on every NATS node (one copy on one server, three on a cluster of three).
+fn declared_spec(nats_nodes: usize) -> anyhow::Result<serde_json::Value> {
+    let resource: serde_json::Value = serde_saphyr::from_str(include_str!("../../examples/channels/chat.yaml"))?;
+    let mut spec = resource["spec"].clone();
+    spec["limits"]["publishPerSecondPerUser"] = 0.into();
+    spec["stream"]["replicas"] = nats_nodes.into();
+    Ok(spec)
+}
+
+/// Pins the servers' processes (every thread) to CPU 0 and this process to the others.
+fn pin(servers: &[u32]) -> anyhow::Result<String> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    anyhow::ensure!(cpus >= 2, "--pin needs two CPUs, this machine has {cpus}");
+    let taskset = |cpus: &str, pid: u32| -> anyhow::Result<()> {
+        let out = std::process::Command::new("taskset").args(["-a", "-p", "-c", cpus, &pid.to_string()]).output()?;
+        anyhow::ensure!(out.status.success(), "taskset {pid}: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(())
+    };
+    for pid in servers {
+        taskset("0", *pid)?;
+    }
+    let load = format!("1-{}", cpus - 1);
+    taskset(&load, std::process::id())?;
+    Ok(format!("servers on CPU 0, load generator on CPU {load}"))
 }
 
 async fn start(
@@ -170,9 +225,13 @@ async fn start(
                     .env("RUST_LOG", "warn"),
             )
             .await;
-            let mut settings = ChannelSettings::default();
-            settings.limits.publish_per_second_per_user = 0;
-            stack.declare("bench", &settings).await;
+            if backends.declared {
+                stack.declare_spec("bench", declared_spec(backends.nats_nodes)?).await;
+            } else {
+                let mut settings = ChannelSettings::default();
+                settings.limits.publish_per_second_per_user = 0;
+                stack.declare("bench", &settings).await;
+            }
             let user = stack.pocketbase.create_user("bench").await;
             let addrs = stack.relays.iter().map(|r| r.addr()).collect();
             let front: Vec<u32> = stack.relays.iter().map(|r| r.pid()).collect();
@@ -181,6 +240,18 @@ async fn start(
             server.extend(stack.redis.pids());
             let target = Target::Relay(RelayTarget::new(addrs, user.token).await?);
             (target, Pids { server, front }, Box::new(stack))
+        }
+        System::RelaySim => {
+            let nats = Nats::start_nodes(dir, backends.nats_nodes, false).await;
+            let redis = Redis::start_topology(dir, backends.redis, false).await;
+            let target = SimTarget::new(&redis.settings(), &nats.url(), backends.declared).await?;
+            if backends.declared {
+                relay_tests::declare_spec(&nats, &redis, "bench", declared_spec(backends.nats_nodes)?).await;
+            }
+            let mut server = nats.pids();
+            server.extend(redis.pids());
+            let front = nats.pids();
+            (Target::Sim(Box::new(target)), Pids { server, front }, Box::new((nats, redis)))
         }
         System::Nats => {
             let nats = Nats::start(dir).await;

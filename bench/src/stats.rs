@@ -123,4 +123,10 @@ pub struct Report {
     pub kib_per_idle_subscription: Option<f64>,
     /// Free-form notes (what does not apply, how the peer was set up).
     pub note: String,
+    /// Where the servers and the load generator ran (`--pin`).
+    pub pinning: String,
+    /// The channels had a JetStream stream, as the operator declares them (`--declared`).
+    pub declared: bool,
+    /// Server CPU (every server process of the system) per 1,000 acknowledged publishes, in ms.
+    pub server_cpu_ms_per_1k: f64,
 }

@@ -43,6 +43,7 @@ pub fn sent_ns(text: &str) -> i64 {
 pub enum Target {
     Relay(RelayTarget),
     Nats(NatsTarget),
+    Sim(Box<SimTarget>),
     Centrifugo(Box<Centrifugo>),
 }
 
@@ -51,6 +52,7 @@ impl Target {
         match self {
             Target::Relay(_) => "relay".into(),
             Target::Nats(_) => "nats (raw)".into(),
+            Target::Sim(_) => "relay-sim".into(),
             Target::Centrifugo(c) => c.name(),
         }
     }
@@ -60,6 +62,7 @@ impl Target {
         match self {
             Target::Relay(r) => r.subscribe(channel, after).await,
             Target::Nats(n) => n.subscribe(channel).await,
+            Target::Sim(s) => s.subscribe(channel).await,
             Target::Centrifugo(c) => c.subscribe(channel, after).await,
         }
     }
@@ -68,13 +71,14 @@ impl Target {
         match self {
             Target::Relay(r) => r.publish(channel, text).await,
             Target::Nats(n) => n.publish(channel, text).await,
+            Target::Sim(s) => s.publish(channel, text).await,
             Target::Centrifugo(c) => c.publish(channel, text).await,
         }
     }
 
     /// Whether a subscriber can resume from a position (the reconnect scenario).
     pub fn resumes(&self) -> bool {
-        !matches!(self, Target::Nats(_))
+        !matches!(self, Target::Nats(_) | Target::Sim(_))
     }
 }
 
@@ -171,3 +175,60 @@ impl NatsTarget {
 
 /// Shared so scenario tasks can hold it.
 pub type Shared = Arc<Target>;
+
+/// The relay-sim ceiling: the relay's own publish work (its Redis append script, then the NATS
+/// publish confirmed by the server, or acked by JetStream for a declared stream) called directly,
+/// with no gRPC, auth or settings in front. Subscribers read NATS as the relays do.
+pub struct SimTarget {
+    store: relay::store::Store,
+    bus: relay::bus::Bus,
+    jetstream: bool,
+    subscribers: NatsTarget,
+}
+
+impl SimTarget {
+    pub async fn new(redis: &relay_connect::Redis, nats_url: &str, jetstream: bool) -> anyhow::Result<Self> {
+        let store = relay::store::Store::new(redis.connect()?)?;
+        let generation = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let events = generation.clone();
+        let client = async_nats::ConnectOptions::new()
+            .event_callback(move |e| {
+                let g = events.clone();
+                async move { relay::bus::Bus::on_event(&g, &e) }
+            })
+            .connect(nats_url)
+            .await?;
+        let bus = relay::bus::Bus::new(client, generation);
+        Ok(Self { store, bus, jetstream, subscribers: NatsTarget::new(nats_url, 10).await? })
+    }
+
+    async fn subscribe(&self, channel: &str) -> anyhow::Result<Deliveries> {
+        let nats = &self.subscribers;
+        let client = &nats.clients[nats.next.fetch_add(1, Ordering::Relaxed) % nats.clients.len()];
+        let sub = client.subscribe(relay_channel::names::subject(channel)).await?;
+        client.flush().await?;
+        Ok(Box::pin(sub.filter_map(|m| async move {
+            let m = relay_channel::WireMessage::from_json(&m.payload).ok()?;
+            Some(Delivered { sent_ns: sent_ns(&m.text), position: Some(m.seq) })
+        })))
+    }
+
+    async fn publish(&self, channel: &str, text: String) -> anyhow::Result<()> {
+        let appended = self
+            .store
+            .append(relay::store::Append {
+                channel,
+                userid: "bench",
+                username: "bench",
+                text: &text,
+                id: &uuid::Uuid::now_v7().to_string(),
+                idempotency_key: None,
+                max_messages: 1000,
+                max_age_secs: 24 * 3600,
+                idle_ttl_secs: None,
+            })
+            .await?;
+        relay::republish::publish(&self.bus, &appended.message, self.jetstream).await?;
+        Ok(())
+    }
+}

@@ -17,6 +17,9 @@ use tokio::time::Instant;
 
 const FAILURES: [&str; 5] = ["nats-node", "redis-master", "slot-move", "sentinel-failover", "sentinel-master"];
 const CHANNEL: &str = "orders";
+/// How long after a failure is healed publishes may take to be acknowledged again before the
+/// run gives up watching (the table then shows the whole window).
+const RECOVERY: Duration = Duration::from_secs(30);
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
@@ -74,7 +77,8 @@ async fn measure(failure: &str) -> Measured {
     // seq -> when it was delivered (first time), and the markers seen.
     let delivered: Arc<Mutex<(BTreeMap<u64, Instant>, usize)>> = Arc::default();
     let reader = tokio::spawn(subscriber(stack.relays[1].addr(), user.token.clone(), delivered.clone(), stop.clone()));
-    let writer = tokio::spawn(publisher(stack.relays[0].addr(), user.token.clone(), stop.clone()));
+    let acked: Arc<Mutex<Vec<(u64, Instant)>>> = Arc::default();
+    let writer = tokio::spawn(publisher(stack.relays[0].addr(), user.token.clone(), acked.clone(), stop.clone()));
 
     tokio::time::sleep(Duration::from_secs(3)).await;
     let fault_at = Instant::now();
@@ -91,10 +95,18 @@ async fn measure(failure: &str) -> Measured {
         "sentinel-failover" => stack.redis.sentinel_failover().await,
         _ => stack.redis.kill_sentinel_master(Duration::from_secs(1)).await,
     }
-    let healed = fault_at.elapsed();
-    tokio::time::sleep(Duration::from_secs(8).saturating_sub(healed).max(Duration::from_secs(4))).await;
+    let healed = Instant::now();
+    // Watched for at least 8 s from the fault and 4 s from the heal, and until publishes are
+    // acknowledged again (for at most RECOVERY after the heal).
+    let watch_until = (fault_at + Duration::from_secs(8)).max(healed + Duration::from_secs(4));
+    tokio::time::sleep_until(watch_until).await;
+    while Instant::now() < healed + RECOVERY && acked.lock().unwrap().last().is_none_or(|(_, t)| *t < healed) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     stop.notify_waiters();
-    let acked = writer.await.unwrap();
+    writer.await.unwrap();
+    let end = Instant::now();
+    let acked = acked.lock().unwrap().clone();
     // Give the subscriber time to receive the last ones.
     tokio::time::sleep(Duration::from_secs(3)).await;
     reader.abort();
@@ -102,39 +114,45 @@ async fn measure(failure: &str) -> Measured {
     let (seen, markers) = delivered.lock().unwrap().clone();
     let after = |t: &Instant| *t >= fault_at;
     let ack_times: Vec<Instant> = acked.iter().map(|(_, t)| *t).collect();
-    let publish_wait = longest_gap(ack_times.iter().filter(|t| after(t)).copied(), fault_at);
+    let publish_wait = longest_gap(ack_times.iter().filter(|t| after(t)).copied(), fault_at, end);
     let mut delivery_times: Vec<Instant> = seen.values().copied().collect();
     delivery_times.sort();
-    let delivery_pause = longest_gap(delivery_times.into_iter().filter(after), fault_at);
+    let delivery_pause = longest_gap(delivery_times.into_iter().filter(after), fault_at, end);
     let missing = acked.iter().filter(|(seq, _)| !seen.contains_key(seq)).count();
     Measured { publish_wait, delivery_pause, acknowledged: acked.len(), missing, markers }
 }
 
-/// The longest interval between `from` and the times that follow, and between consecutive ones.
-fn longest_gap(times: impl Iterator<Item = Instant>, from: Instant) -> Duration {
+/// The longest interval between `from` and the times that follow, between consecutive ones, and
+/// from the last one to `end` (a publisher that never recovers shows the whole window).
+fn longest_gap(times: impl Iterator<Item = Instant>, from: Instant, end: Instant) -> Duration {
     let mut last = from;
     let mut longest = Duration::ZERO;
     for t in times {
         longest = longest.max(t.saturating_duration_since(last));
         last = last.max(t);
     }
-    longest
+    // The last 100 ms are the publisher's own pace, not an outage.
+    longest.max(end.saturating_duration_since(last).saturating_sub(Duration::from_millis(100)))
 }
 
-/// Publishes every 10 ms, each until acknowledged; returns (seq, acknowledged at).
-async fn publisher(addr: String, token: String, stop: Arc<tokio::sync::Notify>) -> Vec<(u64, Instant)> {
+/// Publishes every 10 ms, each until acknowledged, recording (seq, acknowledged at).
+async fn publisher(
+    addr: String,
+    token: String,
+    acked: Arc<Mutex<Vec<(u64, Instant)>>>,
+    stop: Arc<tokio::sync::Notify>,
+) {
     let mut client = Client::lazy(&addr);
-    let mut acked = Vec::new();
     let stopped = stop.notified();
     tokio::pin!(stopped);
     for i in 0.. {
         let key = format!("m{i}");
         loop {
             tokio::select! {
-                _ = &mut stopped => return acked,
+                _ = &mut stopped => return,
                 r = client.publish_with_key(&token, CHANNEL, &key, &key) => match r {
                     Ok(m) => {
-                        acked.push((m.seq, Instant::now()));
+                        acked.lock().unwrap().push((m.seq, Instant::now()));
                         break;
                     }
                     Err(e) => {
@@ -148,7 +166,6 @@ async fn publisher(addr: String, token: String, stop: Arc<tokio::sync::Notify>) 
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    acked
 }
 
 /// Reads live, resuming after the last seq whenever the stream ends.

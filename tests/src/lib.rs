@@ -15,7 +15,7 @@ pub use client::{Client, Event, Sub, at};
 pub use relay::proto::cursor::Position;
 pub use servers::{
     Nats, OperatorProc, Pki, PocketBase, Redis, RedisTopology, RelayProc, Server, Stack, StackOptions, TestUser,
-    TlsProxy, relay_binary,
+    TlsProxy, declare_spec, relay_binary,
 };
 
 use std::net::TcpListener;

@@ -21,7 +21,7 @@ pub use pocketbase::{PocketBase, TestUser};
 pub use redis::Redis;
 pub use redis::RedisTopology;
 pub use relay::{OperatorProc, RelayProc, relay_binary};
-pub use stack::{Stack, StackOptions};
+pub use stack::{Stack, StackOptions, declare_spec};
 pub use tls::{Pki, TlsProxy};
 
 /// A child process, killed (SIGKILL) on drop.

@@ -29,6 +29,11 @@ impl Nats {
         Self { nodes: vec![Server::start("nats-server", dir, command).await], tls }
     }
 
+    /// One server (with `tls`, see [`Nats::start_with`]), or a cluster of `n` without TLS.
+    pub async fn start_nodes(dir: &Path, n: usize, tls: bool) -> Self {
+        if n > 1 { Self::start_cluster(dir, n).await } else { Self::start_with(dir, tls).await }
+    }
+
     /// A cluster of `n` servers with clustered JetStream.
     pub async fn start_cluster(dir: &Path, n: usize) -> Self {
         let routes: Vec<u16> = (0..n).map(|_| free_port()).collect();

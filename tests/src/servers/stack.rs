@@ -65,15 +65,8 @@ impl Stack {
         if options.tls {
             Pki::generate(&dir.path().join("tls"));
         }
-        let nats = async {
-            if options.nats_nodes > 1 {
-                Nats::start_cluster(dir.path(), options.nats_nodes).await
-            } else {
-                Nats::start_with(dir.path(), options.tls).await
-            }
-        };
         let (nats, redis, pocketbase) = tokio::join!(
-            nats,
+            Nats::start_nodes(dir.path(), options.nats_nodes, options.tls),
             Redis::start_topology(dir.path(), options.redis, options.tls),
             PocketBase::start(dir.path())
         );
@@ -142,30 +135,7 @@ impl Stack {
     /// stream (and a queue consumer for `delivery: queue`) and the settings relays read. `spec` is a
     /// RelayChannel spec as JSON.
     pub async fn declare_spec(&self, name: &str, spec: serde_json::Value) -> operator::backends::Outcome {
-        let spec: operator::crd::RelayChannelSpec = serde_json::from_value(spec).expect("a RelayChannel spec");
-        let owner = format!("test/{name}");
-        let me = [operator::plan::Declared { name, owner: owner.clone(), spec: &spec }];
-        let desired = operator::plan::desired(name, &spec, &me).expect("a valid spec");
-        let nats = relay_connect::Nats { urls: self.nats.url(), ca_file: self.nats.ca_file(), creds_file: None };
-        let redis = self.redis.settings();
-        let backends = operator::backends::Backends::connect(&nats, &redis).await.unwrap();
-        // It connects in the background (as the operator does); TLS takes a moment.
-        crate::eventually(std::time::Duration::from_secs(10), "the operator's backends connected", || {
-            backends.reachable()
-        })
-        .await;
-        // Retried as the operator retries: a cluster may be electing a leader.
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-        loop {
-            match backends.apply(name, &owner, &desired).await {
-                Ok(outcome) => return outcome,
-                Err(e) if tokio::time::Instant::now() < deadline => {
-                    eprintln!("operator apply: {e:?}; retrying");
-                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-                }
-                Err(e) => panic!("operator apply: {e:?}"),
-            }
-        }
+        declare_spec(&self.nats, &self.redis, name, spec).await
     }
 
     /// Keeps the folder of data and logs after the stack is gone (for a failed run).
@@ -176,5 +146,37 @@ impl Stack {
     /// The folder holding every server's data and logs.
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+}
+
+/// Declares a channel the way the operator does, with the operator's own code (see
+/// [`Stack::declare_spec`]), on any NATS and Redis.
+pub async fn declare_spec(
+    nats: &crate::Nats,
+    redis: &crate::Redis,
+    name: &str,
+    spec: serde_json::Value,
+) -> operator::backends::Outcome {
+    let spec: operator::crd::RelayChannelSpec = serde_json::from_value(spec).expect("a RelayChannel spec");
+    let owner = format!("test/{name}");
+    let me = [operator::plan::Declared { name, owner: owner.clone(), spec: &spec }];
+    let desired = operator::plan::desired(name, &spec, &me).expect("a valid spec");
+    let nats = relay_connect::Nats { urls: nats.url(), ca_file: nats.ca_file(), creds_file: None };
+    let redis = redis.settings();
+    let backends = operator::backends::Backends::connect(&nats, &redis).await.unwrap();
+    // It connects in the background (as the operator does); TLS takes a moment.
+    crate::eventually(std::time::Duration::from_secs(10), "the operator's backends connected", || backends.reachable())
+        .await;
+    // Retried as the operator retries: a cluster may be electing a leader.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match backends.apply(name, &owner, &desired).await {
+            Ok(outcome) => return outcome,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                eprintln!("operator apply: {e:?}; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+            Err(e) => panic!("operator apply: {e:?}"),
+        }
     }
 }

@@ -100,6 +100,10 @@ struct Args {
     /// Servers on CPU 0, the load generator on the other CPUs (needs `taskset` and two CPUs).
     #[arg(long)]
     pin: bool,
+    /// Relay: publish with unary Publish calls, or through PublishStream calls (one per
+    /// publishing connection), the path for services publishing at a high rate.
+    #[arg(long, default_value = "unary", value_parser = ["unary", "stream"])]
+    publish_path: String,
 }
 
 #[tokio::main]
@@ -117,6 +121,7 @@ async fn main() -> anyhow::Result<()> {
         },
         wait_replicas: args.redis_wait_replicas,
         declared: args.declared,
+        publish_streams: args.publish_path == "stream",
     };
     let (target, pids, _servers) = start(args.system, args.replicas, &backends, dir.path()).await?;
     let pinning = if args.pin { pin(&pids.server)? } else { "not pinned".to_owned() };
@@ -140,6 +145,9 @@ async fn main() -> anyhow::Result<()> {
     report.declared = args.declared;
     if args.declared {
         report.system.push_str(" (declared)");
+    }
+    if args.publish_path == "stream" {
+        report.system.push_str(" (publish stream)");
     }
     if report.published > 0 {
         report.server_cpu_ms_per_1k = report.server.cpu_cores * report.seconds / report.published as f64 * 1e6;
@@ -173,6 +181,7 @@ struct Backends {
     redis: RedisTopology,
     wait_replicas: Option<u32>,
     declared: bool,
+    publish_streams: bool,
 }
 
 /// The spec `--declared` uses: the example chat channel, without its per-user rate limit, its
@@ -238,7 +247,7 @@ async fn start(
             let mut server = front.clone();
             server.extend(stack.nats.pids());
             server.extend(stack.redis.pids());
-            let target = Target::Relay(RelayTarget::new(addrs, user.token).await?);
+            let target = Target::Relay(RelayTarget::new(addrs, user.token, backends.publish_streams).await?);
             (target, Pids { server, front }, Box::new(stack))
         }
         System::RelaySim => {

@@ -2,6 +2,7 @@
 //! and publish to it. Each payload starts with its send time in nanoseconds, so every delivery
 //! yields a publish-to-delivery latency.
 
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -10,7 +11,8 @@ use anyhow::Context as _;
 use futures::{Stream, StreamExt};
 use relay::proto::relay_service_client::RelayServiceClient;
 use relay::proto::{
-    ChannelSubscription, Cursor, PublishRequest, SubscribeRequest, cursor::Position, subscribe_response::Event,
+    ChannelSubscription, Cursor, PublishRequest, PublishStreamRequest, SubscribeRequest, cursor::Position,
+    publish_stream_response, subscribe_response::Event,
 };
 use tonic::transport::Channel;
 
@@ -87,17 +89,73 @@ pub struct RelayTarget {
     pub addrs: Vec<String>,
     pub token: String,
     publishers: Vec<RelayServiceClient<Channel>>,
+    /// With `--publish-path stream`: PublishStream calls that every publish goes through.
+    streams: Vec<PublishStream>,
     next: AtomicUsize,
 }
 
+/// One PublishStream call shared by many publishers: each request gets a ref, and a reader task
+/// hands each answer to the publisher waiting for that ref.
+struct PublishStream {
+    requests: tokio::sync::mpsc::UnboundedSender<PublishStreamRequest>,
+    waiting: Arc<std::sync::Mutex<HashMap<u64, tokio::sync::oneshot::Sender<Option<String>>>>>,
+    next_ref: std::sync::atomic::AtomicU64,
+}
+
+impl PublishStream {
+    async fn open(client: &mut RelayServiceClient<Channel>, token: &str) -> anyhow::Result<Self> {
+        let (requests, rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut req = tonic::Request::new(tokio_stream::wrappers::UnboundedReceiverStream::new(rx));
+        req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("ascii token"));
+        let mut answers = client.publish_stream(req).await?.into_inner();
+        let waiting: Arc<std::sync::Mutex<HashMap<u64, tokio::sync::oneshot::Sender<Option<String>>>>> = Arc::default();
+        let demux = waiting.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(answer)) = answers.message().await {
+                let error = match answer.result {
+                    Some(publish_stream_response::Result::Error(e)) => Some(format!("{}: {}", e.code, e.message)),
+                    _ => None,
+                };
+                if let Some(tx) = demux.lock().expect("waiting").remove(&answer.r#ref) {
+                    let _ = tx.send(error);
+                }
+            }
+            // The call ended: whoever still waits gets an error (their sender is dropped).
+            demux.lock().expect("waiting").clear();
+        });
+        Ok(Self { requests, waiting, next_ref: std::sync::atomic::AtomicU64::new(1) })
+    }
+
+    async fn publish(&self, channel: &str, text: String) -> anyhow::Result<()> {
+        let r#ref = self.next_ref.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.waiting.lock().expect("waiting").insert(r#ref, tx);
+        let publish = PublishRequest { channelid: channel.into(), text, idempotency_key: String::new() };
+        self.requests.send(PublishStreamRequest { r#ref, publish: Some(publish) })?;
+        match rx.await {
+            Ok(None) => Ok(()),
+            Ok(Some(error)) => anyhow::bail!("publish refused: {error}"),
+            Err(_) => anyhow::bail!("the publish stream ended"),
+        }
+    }
+}
+
 impl RelayTarget {
-    pub async fn new(addrs: Vec<String>, token: String) -> anyhow::Result<Self> {
+    /// `streams`: publish through PublishStream calls (one per publishing connection) rather than
+    /// unary Publish.
+    pub async fn new(addrs: Vec<String>, token: String, streams: bool) -> anyhow::Result<Self> {
         let mut publishers = Vec::new();
         // A few connections per replica for publishing: requests multiplex over each.
         for addr in addrs.iter().cycle().take(addrs.len() * 4) {
             publishers.push(RelayServiceClient::new(connect(addr).await?));
         }
-        Ok(Self { addrs, token, publishers, next: AtomicUsize::new(0) })
+        let mut calls = Vec::new();
+        if streams {
+            for client in &mut publishers {
+                calls.push(PublishStream::open(client, &token).await?);
+            }
+        }
+        Ok(Self { addrs, token, publishers, streams: calls, next: AtomicUsize::new(0) })
     }
 
     fn request<T>(&self, msg: T) -> tonic::Request<T> {
@@ -131,6 +189,9 @@ impl RelayTarget {
 
     async fn publish(&self, channel: &str, text: String) -> anyhow::Result<()> {
         let i = self.next.fetch_add(1, Ordering::Relaxed);
+        if !self.streams.is_empty() {
+            return self.streams[i % self.streams.len()].publish(channel, text).await;
+        }
         let mut client = self.publishers[i % self.publishers.len()].clone();
         let req = PublishRequest { channelid: channel.into(), text, idempotency_key: String::new() };
         client.publish(self.request(req)).await?;

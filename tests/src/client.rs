@@ -37,6 +37,15 @@ impl Client {
         Self { inner: RelayServiceClient::new(channel) }
     }
 
+    /// Opens a PublishStream fed from `requests`; the answers come back on the returned stream.
+    pub async fn publish_stream(
+        &mut self,
+        token: &str,
+        requests: impl futures::Stream<Item = relay::proto::PublishStreamRequest> + Send + 'static,
+    ) -> Result<Streaming<relay::proto::PublishStreamResponse>, Status> {
+        Ok(self.inner.publish_stream(authed(token, requests)).await?.into_inner())
+    }
+
     pub async fn publish(&mut self, token: &str, channel: &str, text: &str) -> Result<Message, Status> {
         self.publish_with_key(token, channel, text, "").await
     }

@@ -5,6 +5,7 @@ pub mod ack;
 pub mod history;
 pub mod outbox;
 pub mod publish;
+pub mod publish_stream;
 pub mod refresh;
 pub mod subscribe;
 
@@ -41,6 +42,19 @@ fn finish<T>(method: &str, result: Result<T>) -> Result<Response<T>, Status> {
 impl proto::relay_service_server::RelayService for Service {
     async fn publish(&self, req: Request<proto::PublishRequest>) -> Result<Response<proto::PublishResponse>, Status> {
         finish("Publish", publish::publish(&self.relay, req).await)
+    }
+
+    type PublishStreamStream = publish_stream::ResponseStream;
+
+    async fn publish_stream(
+        &self,
+        req: Request<tonic::Streaming<proto::PublishStreamRequest>>,
+    ) -> Result<Response<Self::PublishStreamStream>, Status> {
+        // Counted here when refused at the start; a call that runs is counted when it ends.
+        match publish_stream::publish_stream(self.relay.clone(), req).await {
+            Ok(stream) => Ok(Response::new(stream)),
+            Err(e) => finish("PublishStream", Err(e)),
+        }
     }
 
     type SubscribeStream = subscribe::ResponseStream;

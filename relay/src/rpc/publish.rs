@@ -25,7 +25,13 @@ const IDLE_TTL: u64 = 7 * 24 * 3600;
 pub async fn publish(relay: &Relay, req: Request<PublishRequest>) -> Result<PublishResponse> {
     let started = Instant::now();
     let user = relay.authenticate(&req).await?.user;
-    let req = req.into_inner();
+    let message = publish_as(relay, user, req.into_inner()).await?;
+    crate::metrics::observe_publish(started.elapsed());
+    Ok(PublishResponse { message: Some(message.into()) })
+}
+
+/// Publishes for a verified user: what Publish and each message of PublishStream do.
+pub async fn publish_as(relay: &Relay, user: crate::auth::User, req: PublishRequest) -> Result<WireMessage> {
     let channel = super::channel_id(&req.channelid)?;
     let governed = relay.settings.get(&channel).await?;
     let settings = &governed.settings;
@@ -98,9 +104,7 @@ pub async fn publish(relay: &Relay, req: Request<PublishRequest>) -> Result<Publ
         }
         Ok(message)
     });
-    let message = done.await.map_err(|e| Error::unavailable("relay", e))??;
-    crate::metrics::observe_publish(started.elapsed());
-    Ok(PublishResponse { message: Some(message.into()) })
+    done.await.map_err(|e| Error::unavailable("relay", e))?
 }
 
 /// Room left for NATS headers (`Nats-Msg-Id`), which count against the server's limit too.

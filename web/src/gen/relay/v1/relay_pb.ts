@@ -26,7 +26,7 @@ import type { Message as Message$1 } from "@bufbuild/protobuf";
  * Describes the file relay/v1/relay.proto.
  */
 export const file_relay_v1_relay: GenFile = /*@__PURE__*/
-  fileDesc("ChRyZWxheS92MS9yZWxheS5wcm90bxIIcmVsYXkudjEiqAEKB01lc3NhZ2USEQoJY2hhbm5lbGlkGAEgASgJEg4KBnVzZXJpZBgCIAEoCRIMCgR0ZXh0GAMgASgJEgoKAnRzGAQgASgDEgsKA3NlcRgFIAEoBBIKCgJpZBgGIAEoCRIQCgh1c2VybmFtZRgHIAEoCRINCgVlcG9jaBgIIAEoCRITCgtyZWRlbGl2ZXJlZBgJIAEoDRIRCgluZWVkc19hY2sYCiABKAgiSgoOUHVibGlzaFJlcXVlc3QSEQoJY2hhbm5lbGlkGAEgASgJEgwKBHRleHQYAiABKAkSFwoPaWRlbXBvdGVuY3lfa2V5GAMgASgJIjUKD1B1Ymxpc2hSZXNwb25zZRIiCgdtZXNzYWdlGAEgASgLMhEucmVsYXkudjEuTWVzc2FnZSJMCgZDdXJzb3ISEgoIc2luY2VfdHMYASABKANIABITCglzaW5jZV9zZXEYAiABKARIABINCgVlcG9jaBgDIAEoCUIKCghwb3NpdGlvbiJKChNDaGFubmVsU3Vic2NyaXB0aW9uEhEKCWNoYW5uZWxpZBgBIAEoCRIgCgZjdXJzb3IYAiABKAsyEC5yZWxheS52MS5DdXJzb3IiQwoQU3Vic2NyaWJlUmVxdWVzdBIvCghjaGFubmVscxgBIAMoCzIdLnJlbGF5LnYxLkNoYW5uZWxTdWJzY3JpcHRpb24iwAEKEVN1YnNjcmliZVJlc3BvbnNlEiQKB21lc3NhZ2UYASABKAsyES5yZWxheS52MS5NZXNzYWdlSAASJgoIcmVjb3ZlcnkYAiABKAsyEi5yZWxheS52MS5SZWNvdmVyeUgAEigKCWhlYXJ0YmVhdBgDIAEoCzITLnJlbGF5LnYxLkhlYXJ0YmVhdEgAEioKB3N0YXJ0ZWQYBCABKAsyFy5yZWxheS52MS5TdHJlYW1TdGFydGVkSABCBwoFZXZlbnQiOQoNU3RyZWFtU3RhcnRlZBIRCglzdHJlYW1faWQYASABKAkSFQoNdG9rZW5fZXhwaXJlcxgCIAEoAyJPCghSZWNvdmVyeRIRCgljaGFubmVsaWQYASABKAkSEQoJcmVjb3ZlcmVkGAIgASgIEg0KBWVwb2NoGAMgASgJEg4KBnJlYXNvbhgEIAEoCSIXCglIZWFydGJlYXQSCgoCdHMYASABKAMiVAoOSGlzdG9yeVJlcXVlc3QSEQoJY2hhbm5lbGlkGAEgASgJEiAKBmN1cnNvchgCIAEoCzIQLnJlbGF5LnYxLkN1cnNvchINCgVsaW1pdBgDIAEoDSJmCg9IaXN0b3J5UmVzcG9uc2USIwoIbWVzc2FnZXMYASADKAsyES5yZWxheS52MS5NZXNzYWdlEgwKBG1vcmUYAiABKAgSDQoFZXBvY2gYAyABKAkSEQoJcmVjb3ZlcmVkGAQgASgIIk8KCkFja1JlcXVlc3QSEQoJc3RyZWFtX2lkGAEgASgJEhEKCWNoYW5uZWxpZBgCIAEoCRIMCgRzZXFzGAMgAygEEg0KBWVwb2NoGAQgASgJIhwKC0Fja1Jlc3BvbnNlEg0KBWFja2VkGAEgASgNIigKE1JlZnJlc2hUb2tlblJlcXVlc3QSEQoJc3RyZWFtX2lkGAEgASgJIi0KFFJlZnJlc2hUb2tlblJlc3BvbnNlEhUKDXRva2VuX2V4cGlyZXMYASABKAMy2QIKDFJlbGF5U2VydmljZRI+CgdQdWJsaXNoEhgucmVsYXkudjEuUHVibGlzaFJlcXVlc3QaGS5yZWxheS52MS5QdWJsaXNoUmVzcG9uc2USRgoJU3Vic2NyaWJlEhoucmVsYXkudjEuU3Vic2NyaWJlUmVxdWVzdBobLnJlbGF5LnYxLlN1YnNjcmliZVJlc3BvbnNlMAESPgoHSGlzdG9yeRIYLnJlbGF5LnYxLkhpc3RvcnlSZXF1ZXN0GhkucmVsYXkudjEuSGlzdG9yeVJlc3BvbnNlEjIKA0FjaxIULnJlbGF5LnYxLkFja1JlcXVlc3QaFS5yZWxheS52MS5BY2tSZXNwb25zZRJNCgxSZWZyZXNoVG9rZW4SHS5yZWxheS52MS5SZWZyZXNoVG9rZW5SZXF1ZXN0Gh4ucmVsYXkudjEuUmVmcmVzaFRva2VuUmVzcG9uc2ViBnByb3RvMw");
+  fileDesc("ChRyZWxheS92MS9yZWxheS5wcm90bxIIcmVsYXkudjEiqAEKB01lc3NhZ2USEQoJY2hhbm5lbGlkGAEgASgJEg4KBnVzZXJpZBgCIAEoCRIMCgR0ZXh0GAMgASgJEgoKAnRzGAQgASgDEgsKA3NlcRgFIAEoBBIKCgJpZBgGIAEoCRIQCgh1c2VybmFtZRgHIAEoCRINCgVlcG9jaBgIIAEoCRITCgtyZWRlbGl2ZXJlZBgJIAEoDRIRCgluZWVkc19hY2sYCiABKAgiSgoOUHVibGlzaFJlcXVlc3QSEQoJY2hhbm5lbGlkGAEgASgJEgwKBHRleHQYAiABKAkSFwoPaWRlbXBvdGVuY3lfa2V5GAMgASgJIjUKD1B1Ymxpc2hSZXNwb25zZRIiCgdtZXNzYWdlGAEgASgLMhEucmVsYXkudjEuTWVzc2FnZSJOChRQdWJsaXNoU3RyZWFtUmVxdWVzdBILCgNyZWYYASABKAQSKQoHcHVibGlzaBgCIAEoCzIYLnJlbGF5LnYxLlB1Ymxpc2hSZXF1ZXN0IrABChVQdWJsaXNoU3RyZWFtUmVzcG9uc2USCwoDcmVmGAEgASgEEiQKB21lc3NhZ2UYAiABKAsyES5yZWxheS52MS5NZXNzYWdlSAASJwoFZXJyb3IYAyABKAsyFi5yZWxheS52MS5QdWJsaXNoRXJyb3JIABIxCgdzdGFydGVkGAQgASgLMh4ucmVsYXkudjEuUHVibGlzaFN0cmVhbVN0YXJ0ZWRIAEIICgZyZXN1bHQiLQoMUHVibGlzaEVycm9yEgwKBGNvZGUYASABKAUSDwoHbWVzc2FnZRgCIAEoCSIpChRQdWJsaXNoU3RyZWFtU3RhcnRlZBIRCglzdHJlYW1faWQYASABKAkiTAoGQ3Vyc29yEhIKCHNpbmNlX3RzGAEgASgDSAASEwoJc2luY2Vfc2VxGAIgASgESAASDQoFZXBvY2gYAyABKAlCCgoIcG9zaXRpb24iSgoTQ2hhbm5lbFN1YnNjcmlwdGlvbhIRCgljaGFubmVsaWQYASABKAkSIAoGY3Vyc29yGAIgASgLMhAucmVsYXkudjEuQ3Vyc29yIkMKEFN1YnNjcmliZVJlcXVlc3QSLwoIY2hhbm5lbHMYASADKAsyHS5yZWxheS52MS5DaGFubmVsU3Vic2NyaXB0aW9uIsABChFTdWJzY3JpYmVSZXNwb25zZRIkCgdtZXNzYWdlGAEgASgLMhEucmVsYXkudjEuTWVzc2FnZUgAEiYKCHJlY292ZXJ5GAIgASgLMhIucmVsYXkudjEuUmVjb3ZlcnlIABIoCgloZWFydGJlYXQYAyABKAsyEy5yZWxheS52MS5IZWFydGJlYXRIABIqCgdzdGFydGVkGAQgASgLMhcucmVsYXkudjEuU3RyZWFtU3RhcnRlZEgAQgcKBWV2ZW50IjkKDVN0cmVhbVN0YXJ0ZWQSEQoJc3RyZWFtX2lkGAEgASgJEhUKDXRva2VuX2V4cGlyZXMYAiABKAMiTwoIUmVjb3ZlcnkSEQoJY2hhbm5lbGlkGAEgASgJEhEKCXJlY292ZXJlZBgCIAEoCBINCgVlcG9jaBgDIAEoCRIOCgZyZWFzb24YBCABKAkiFwoJSGVhcnRiZWF0EgoKAnRzGAEgASgDIlQKDkhpc3RvcnlSZXF1ZXN0EhEKCWNoYW5uZWxpZBgBIAEoCRIgCgZjdXJzb3IYAiABKAsyEC5yZWxheS52MS5DdXJzb3ISDQoFbGltaXQYAyABKA0iZgoPSGlzdG9yeVJlc3BvbnNlEiMKCG1lc3NhZ2VzGAEgAygLMhEucmVsYXkudjEuTWVzc2FnZRIMCgRtb3JlGAIgASgIEg0KBWVwb2NoGAMgASgJEhEKCXJlY292ZXJlZBgEIAEoCCJPCgpBY2tSZXF1ZXN0EhEKCXN0cmVhbV9pZBgBIAEoCRIRCgljaGFubmVsaWQYAiABKAkSDAoEc2VxcxgDIAMoBBINCgVlcG9jaBgEIAEoCSIcCgtBY2tSZXNwb25zZRINCgVhY2tlZBgBIAEoDSIoChNSZWZyZXNoVG9rZW5SZXF1ZXN0EhEKCXN0cmVhbV9pZBgBIAEoCSItChRSZWZyZXNoVG9rZW5SZXNwb25zZRIVCg10b2tlbl9leHBpcmVzGAEgASgDMq8DCgxSZWxheVNlcnZpY2USPgoHUHVibGlzaBIYLnJlbGF5LnYxLlB1Ymxpc2hSZXF1ZXN0GhkucmVsYXkudjEuUHVibGlzaFJlc3BvbnNlEkYKCVN1YnNjcmliZRIaLnJlbGF5LnYxLlN1YnNjcmliZVJlcXVlc3QaGy5yZWxheS52MS5TdWJzY3JpYmVSZXNwb25zZTABEj4KB0hpc3RvcnkSGC5yZWxheS52MS5IaXN0b3J5UmVxdWVzdBoZLnJlbGF5LnYxLkhpc3RvcnlSZXNwb25zZRIyCgNBY2sSFC5yZWxheS52MS5BY2tSZXF1ZXN0GhUucmVsYXkudjEuQWNrUmVzcG9uc2USTQoMUmVmcmVzaFRva2VuEh0ucmVsYXkudjEuUmVmcmVzaFRva2VuUmVxdWVzdBoeLnJlbGF5LnYxLlJlZnJlc2hUb2tlblJlc3BvbnNlElQKDVB1Ymxpc2hTdHJlYW0SHi5yZWxheS52MS5QdWJsaXNoU3RyZWFtUmVxdWVzdBofLnJlbGF5LnYxLlB1Ymxpc2hTdHJlYW1SZXNwb25zZSgBMAFiBnByb3RvMw");
 
 /**
  * @generated from message relay.v1.Message
@@ -156,6 +156,118 @@ export const PublishResponseSchema: GenMessage<PublishResponse> = /*@__PURE__*/
   messageDesc(file_relay_v1_relay, 2);
 
 /**
+ * @generated from message relay.v1.PublishStreamRequest
+ */
+export type PublishStreamRequest = Message$1<"relay.v1.PublishStreamRequest"> & {
+  /**
+   * the client's own reference, echoed in the answer
+   *
+   * @generated from field: uint64 ref = 1;
+   */
+  ref: bigint;
+
+  /**
+   * @generated from field: relay.v1.PublishRequest publish = 2;
+   */
+  publish?: PublishRequest | undefined;
+};
+
+/**
+ * Describes the message relay.v1.PublishStreamRequest.
+ * Use `create(PublishStreamRequestSchema)` to create a new message.
+ */
+export const PublishStreamRequestSchema: GenMessage<PublishStreamRequest> = /*@__PURE__*/
+  messageDesc(file_relay_v1_relay, 3);
+
+/**
+ * @generated from message relay.v1.PublishStreamResponse
+ */
+export type PublishStreamResponse = Message$1<"relay.v1.PublishStreamResponse"> & {
+  /**
+   * @generated from field: uint64 ref = 1;
+   */
+  ref: bigint;
+
+  /**
+   * @generated from oneof relay.v1.PublishStreamResponse.result
+   */
+  result: {
+    /**
+     * stored and announced, as Publish's reply
+     *
+     * @generated from field: relay.v1.Message message = 2;
+     */
+    value: Message;
+    case: "message";
+  } | {
+    /**
+     * this publish failed; the call goes on
+     *
+     * @generated from field: relay.v1.PublishError error = 3;
+     */
+    value: PublishError;
+    case: "error";
+  } | {
+    /**
+     * first response only (ref 0)
+     *
+     * @generated from field: relay.v1.PublishStreamStarted started = 4;
+     */
+    value: PublishStreamStarted;
+    case: "started";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message relay.v1.PublishStreamResponse.
+ * Use `create(PublishStreamResponseSchema)` to create a new message.
+ */
+export const PublishStreamResponseSchema: GenMessage<PublishStreamResponse> = /*@__PURE__*/
+  messageDesc(file_relay_v1_relay, 4);
+
+/**
+ * Why one publish failed: a gRPC status code (3 INVALID_ARGUMENT, 7 PERMISSION_DENIED,
+ * 8 RESOURCE_EXHAUSTED, 14 UNAVAILABLE: retry with the same idempotency key, ...) and a message.
+ *
+ * @generated from message relay.v1.PublishError
+ */
+export type PublishError = Message$1<"relay.v1.PublishError"> & {
+  /**
+   * @generated from field: int32 code = 1;
+   */
+  code: number;
+
+  /**
+   * @generated from field: string message = 2;
+   */
+  message: string;
+};
+
+/**
+ * Describes the message relay.v1.PublishError.
+ * Use `create(PublishErrorSchema)` to create a new message.
+ */
+export const PublishErrorSchema: GenMessage<PublishError> = /*@__PURE__*/
+  messageDesc(file_relay_v1_relay, 5);
+
+/**
+ * @generated from message relay.v1.PublishStreamStarted
+ */
+export type PublishStreamStarted = Message$1<"relay.v1.PublishStreamStarted"> & {
+  /**
+   * @generated from field: string stream_id = 1;
+   */
+  streamId: string;
+};
+
+/**
+ * Describes the message relay.v1.PublishStreamStarted.
+ * Use `create(PublishStreamStartedSchema)` to create a new message.
+ */
+export const PublishStreamStartedSchema: GenMessage<PublishStreamStarted> = /*@__PURE__*/
+  messageDesc(file_relay_v1_relay, 6);
+
+/**
  * Where to resume. Unset: live messages only.
  *
  * @generated from message relay.v1.Cursor
@@ -197,7 +309,7 @@ export type Cursor = Message$1<"relay.v1.Cursor"> & {
  * Use `create(CursorSchema)` to create a new message.
  */
 export const CursorSchema: GenMessage<Cursor> = /*@__PURE__*/
-  messageDesc(file_relay_v1_relay, 3);
+  messageDesc(file_relay_v1_relay, 7);
 
 /**
  * @generated from message relay.v1.ChannelSubscription
@@ -219,7 +331,7 @@ export type ChannelSubscription = Message$1<"relay.v1.ChannelSubscription"> & {
  * Use `create(ChannelSubscriptionSchema)` to create a new message.
  */
 export const ChannelSubscriptionSchema: GenMessage<ChannelSubscription> = /*@__PURE__*/
-  messageDesc(file_relay_v1_relay, 4);
+  messageDesc(file_relay_v1_relay, 8);
 
 /**
  * Several channels on one stream: a browser on HTTP/1.1 has only a handful of connections per host.
@@ -238,7 +350,7 @@ export type SubscribeRequest = Message$1<"relay.v1.SubscribeRequest"> & {
  * Use `create(SubscribeRequestSchema)` to create a new message.
  */
 export const SubscribeRequestSchema: GenMessage<SubscribeRequest> = /*@__PURE__*/
-  messageDesc(file_relay_v1_relay, 5);
+  messageDesc(file_relay_v1_relay, 9);
 
 /**
  * @generated from message relay.v1.SubscribeResponse
@@ -285,7 +397,7 @@ export type SubscribeResponse = Message$1<"relay.v1.SubscribeResponse"> & {
  * Use `create(SubscribeResponseSchema)` to create a new message.
  */
 export const SubscribeResponseSchema: GenMessage<SubscribeResponse> = /*@__PURE__*/
-  messageDesc(file_relay_v1_relay, 6);
+  messageDesc(file_relay_v1_relay, 10);
 
 /**
  * The stream is open. Its id is what Ack and RefreshToken name.
@@ -312,7 +424,7 @@ export type StreamStarted = Message$1<"relay.v1.StreamStarted"> & {
  * Use `create(StreamStartedSchema)` to create a new message.
  */
 export const StreamStartedSchema: GenMessage<StreamStarted> = /*@__PURE__*/
-  messageDesc(file_relay_v1_relay, 7);
+  messageDesc(file_relay_v1_relay, 11);
 
 /**
  * Where a channel's messages on this stream start from.
@@ -354,7 +466,7 @@ export type Recovery = Message$1<"relay.v1.Recovery"> & {
  * Use `create(RecoverySchema)` to create a new message.
  */
 export const RecoverySchema: GenMessage<Recovery> = /*@__PURE__*/
-  messageDesc(file_relay_v1_relay, 8);
+  messageDesc(file_relay_v1_relay, 12);
 
 /**
  * @generated from message relay.v1.Heartbeat
@@ -371,7 +483,7 @@ export type Heartbeat = Message$1<"relay.v1.Heartbeat"> & {
  * Use `create(HeartbeatSchema)` to create a new message.
  */
 export const HeartbeatSchema: GenMessage<Heartbeat> = /*@__PURE__*/
-  messageDesc(file_relay_v1_relay, 9);
+  messageDesc(file_relay_v1_relay, 13);
 
 /**
  * History: oldest first, after the cursor (no cursor: the newest `limit` messages); `more` when cut.
@@ -400,7 +512,7 @@ export type HistoryRequest = Message$1<"relay.v1.HistoryRequest"> & {
  * Use `create(HistoryRequestSchema)` to create a new message.
  */
 export const HistoryRequestSchema: GenMessage<HistoryRequest> = /*@__PURE__*/
-  messageDesc(file_relay_v1_relay, 10);
+  messageDesc(file_relay_v1_relay, 14);
 
 /**
  * @generated from message relay.v1.HistoryResponse
@@ -437,7 +549,7 @@ export type HistoryResponse = Message$1<"relay.v1.HistoryResponse"> & {
  * Use `create(HistoryResponseSchema)` to create a new message.
  */
 export const HistoryResponseSchema: GenMessage<HistoryResponse> = /*@__PURE__*/
-  messageDesc(file_relay_v1_relay, 11);
+  messageDesc(file_relay_v1_relay, 15);
 
 /**
  * @generated from message relay.v1.AckRequest
@@ -473,7 +585,7 @@ export type AckRequest = Message$1<"relay.v1.AckRequest"> & {
  * Use `create(AckRequestSchema)` to create a new message.
  */
 export const AckRequestSchema: GenMessage<AckRequest> = /*@__PURE__*/
-  messageDesc(file_relay_v1_relay, 12);
+  messageDesc(file_relay_v1_relay, 16);
 
 /**
  * @generated from message relay.v1.AckResponse
@@ -493,7 +605,7 @@ export type AckResponse = Message$1<"relay.v1.AckResponse"> & {
  * Use `create(AckResponseSchema)` to create a new message.
  */
 export const AckResponseSchema: GenMessage<AckResponse> = /*@__PURE__*/
-  messageDesc(file_relay_v1_relay, 13);
+  messageDesc(file_relay_v1_relay, 17);
 
 /**
  * @generated from message relay.v1.RefreshTokenRequest
@@ -512,7 +624,7 @@ export type RefreshTokenRequest = Message$1<"relay.v1.RefreshTokenRequest"> & {
  * Use `create(RefreshTokenRequestSchema)` to create a new message.
  */
 export const RefreshTokenRequestSchema: GenMessage<RefreshTokenRequest> = /*@__PURE__*/
-  messageDesc(file_relay_v1_relay, 14);
+  messageDesc(file_relay_v1_relay, 18);
 
 /**
  * @generated from message relay.v1.RefreshTokenResponse
@@ -531,7 +643,7 @@ export type RefreshTokenResponse = Message$1<"relay.v1.RefreshTokenResponse"> & 
  * Use `create(RefreshTokenResponseSchema)` to create a new message.
  */
 export const RefreshTokenResponseSchema: GenMessage<RefreshTokenResponse> = /*@__PURE__*/
-  messageDesc(file_relay_v1_relay, 15);
+  messageDesc(file_relay_v1_relay, 19);
 
 /**
  * @generated from service relay.v1.RelayService
@@ -591,6 +703,23 @@ export const RelayService: GenService<{
     methodKind: "unary";
     input: typeof RefreshTokenRequestSchema;
     output: typeof RefreshTokenResponseSchema;
+  },
+  /**
+   * Many publishes over one call, for services that publish at a high rate (browsers keep Publish:
+   * gRPC-web has no client streaming). Each request is answered once on the response stream, with
+   * its `ref`, in the order the publishes complete: they run concurrently (at most 256 in flight
+   * per call; the relay stops reading past that), so send the next one only after the previous
+   * one's answer where their order matters. An answer means what Publish's reply means. The first
+   * response is a PublishStreamStarted with the call's stream id (for RefreshToken, so a long call
+   * outlives its token). The call ends with UNAUTHENTICATED when its token expires or is refused,
+   * and with UNAVAILABLE when the relay shuts down, after answering what it had taken.
+   *
+   * @generated from rpc relay.v1.RelayService.PublishStream
+   */
+  publishStream: {
+    methodKind: "bidi_streaming";
+    input: typeof PublishStreamRequestSchema;
+    output: typeof PublishStreamResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_relay_v1_relay, 0);

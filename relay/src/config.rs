@@ -102,6 +102,10 @@ pub struct Config {
     /// 100ms to 1h.
     #[arg(long, env = "RELAY_SETTINGS_TTL", default_value = "30s", value_parser = duration(100, 3_600_000))]
     pub settings_ttl: Duration,
+    /// How often the data-path canary goes through NATS and Redis and back (`/readyz` fails while
+    /// it does not come back within 2s). 500ms to 1m.
+    #[arg(long, env = "RELAY_CANARY_INTERVAL", default_value = "2s", value_parser = duration(500, 60_000))]
+    pub canary_interval: Duration,
     /// Heartbeat interval on idle Subscribe streams. 100ms to 1h.
     #[arg(long, env = "RELAY_HEARTBEAT", default_value = "15s", value_parser = duration(100, 3_600_000))]
     pub heartbeat: Duration,

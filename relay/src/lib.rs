@@ -20,6 +20,7 @@
 
 pub mod auth;
 pub mod bus;
+pub mod canary;
 pub mod config;
 pub mod error;
 pub mod hub;
@@ -60,6 +61,8 @@ pub struct Relay {
     pub republish: std::sync::Arc<republish::Republisher>,
     /// Cancelled on SIGTERM: streams end with UNAVAILABLE so clients go to another replica.
     pub shutdown: CancellationToken,
+    /// The data path's last canary rounds, for readiness.
+    pub canary: canary::Canary,
 }
 
 impl Relay {

@@ -10,6 +10,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+/// Label pairs of a metric family.
+type Labels = Vec<(String, String)>;
+
 struct Metrics {
     registry: Registry,
     rpcs: Family<Vec<(String, String)>, Counter>,
@@ -21,6 +24,8 @@ struct Metrics {
     redeliveries: Counter,
     streams: Gauge,
     topics: Gauge,
+    canary_seconds: Family<Labels, Histogram, fn() -> Histogram>,
+    canary_failures: Family<Vec<(String, String)>, Counter>,
 }
 
 fn metrics() -> &'static Metrics {
@@ -53,8 +58,24 @@ fn metrics() -> &'static Metrics {
         registry.register("streams", "Open Subscribe streams", streams.clone());
         let topics = Gauge::default();
         registry.register("topics", "Channels with a broadcast subscription on this replica", topics.clone());
+        let canary_seconds = Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0002, 2.0, 16))
+        });
+        registry.register(
+            "canary_round_trip_seconds",
+            "Data-path canary round trips, by leg (nats: through this relay's own subscription; redis: write and read back)",
+            canary_seconds.clone(),
+        );
+        let canary_failures = Family::default();
+        registry.register(
+            "canary_failures",
+            "Canary rounds that did not come back in time, by leg",
+            canary_failures.clone(),
+        );
         Metrics {
             registry,
+            canary_seconds,
+            canary_failures,
             rpcs,
             publish_seconds,
             auth_call_seconds,
@@ -71,6 +92,16 @@ fn metrics() -> &'static Metrics {
 /// Counts a finished call.
 pub fn rpc(method: &str, code: tonic::Code) {
     metrics().rpcs.get_or_create(&vec![("method".into(), method.into()), ("code".into(), format!("{code:?}"))]).inc();
+}
+
+pub fn canary(leg: &str, outcome: Result<Duration, ()>) {
+    let labels = vec![("leg".to_owned(), leg.to_owned())];
+    match outcome {
+        Ok(d) => metrics().canary_seconds.get_or_create(&labels).observe(d.as_secs_f64()),
+        Err(()) => {
+            metrics().canary_failures.get_or_create(&labels).inc();
+        }
+    }
 }
 
 pub fn observe_publish(d: Duration) {

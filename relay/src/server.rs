@@ -95,6 +95,7 @@ pub async fn connect(config: Config) -> anyhow::Result<Arc<Relay>> {
         streams: streams::Streams::new(config.max_streams_per_user as usize),
         republish: Arc::default(),
         shutdown: CancellationToken::new(),
+        canary: Default::default(),
         reconnected,
         verifier,
         store,
@@ -108,6 +109,7 @@ pub async fn connect(config: Config) -> anyhow::Result<Arc<Relay>> {
 pub async fn serve(relay: Arc<Relay>, listeners: Listeners, signal: impl Future<Output = ()>) -> anyhow::Result<()> {
     tokio::spawn(follow_settings_changes(relay.clone()));
     tokio::spawn(route::serve(relay.clone()));
+    tokio::spawn(crate::canary::run(relay.clone()));
     if relay.config.nats_ca_file.is_some() {
         let (bus, settings) = (relay.bus.clone(), relay.config.nats());
         tokio::spawn(async move { bus.diagnose(settings).await });
@@ -223,7 +225,7 @@ async fn serve_admin(relay: Arc<Relay>, listener: TcpListener) -> anyhow::Result
     Ok(())
 }
 
-/// Ready while not shutting down and both NATS and Redis answer.
+/// Ready while not shutting down, both NATS and Redis answer, and the data-path canary comes back.
 async fn ready(State(relay): State<Arc<Relay>>) -> (StatusCode, String) {
     let verdict = readiness(&relay).await;
     // Say it in the log when readiness changes, with the reason (a probe repeats every few seconds).
@@ -243,7 +245,8 @@ async fn ready(State(relay): State<Arc<Relay>>) -> (StatusCode, String) {
     }
 }
 
-/// Ready while not shutting down and both NATS and Redis answer; Err says which is not.
+/// Ready while not shutting down, both NATS and Redis answer, and the canary's last round came
+/// back; Err says which is not.
 async fn readiness(relay: &Relay) -> Result<(), String> {
     if relay.shutdown.is_cancelled() {
         return Err("shutting down".into());
@@ -253,7 +256,8 @@ async fn readiness(relay: &Relay) -> Result<(), String> {
         return Err(format!("nats: not connected to {}{why}", relay_connect::redact(&relay.config.nats_url)));
     }
     match tokio::time::timeout(Duration::from_secs(1), relay.store.ping()).await {
-        Ok(Ok(())) => Ok(()),
+        // Connected and answering; the canary says whether messages also go through.
+        Ok(Ok(())) => relay.canary.verdict(),
         Ok(Err(e)) => Err(format!("redis at {}: {e}", relay_connect::redact(&relay.config.redis_url))),
         Err(_) => Err("redis: no answer within 1s".into()),
     }

@@ -1,5 +1,7 @@
 //! What operators and tools see of a relay: gRPC health, server reflection, the admin endpoints.
 
+use std::time::Duration;
+
 use futures::StreamExt;
 use relay_tests::{Stack, StackOptions};
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -41,4 +43,36 @@ async fn health_reflection_metrics_and_probes() {
     let metrics = relay.metrics().await;
     assert!(metrics.contains(r#"relay_rpcs_total{method="Publish",code="Ok"} 1"#), "{metrics}");
     assert!(metrics.contains("relay_publish_seconds_bucket"), "{metrics}");
+}
+
+/// A NATS that hangs with its connections open (SIGSTOP): the relay still counts as connected
+/// (the socket is fine), but nothing it publishes comes back. The data-path canary turns it
+/// unready within seconds, says which leg broke, and ready again once NATS is back.
+#[tokio::test]
+async fn the_canary_turns_a_relay_unready_while_its_nats_path_is_stalled_and_ready_after() {
+    let stack =
+        Stack::with(StackOptions { relays: 1, ..Default::default() }.env("RELAY_CANARY_INTERVAL", "500ms")).await;
+    let relay = &stack.relays[0];
+    let readyz = format!("http://127.0.0.1:{}/readyz", relay.admin_port);
+    relay_tests::eventually(Duration::from_secs(10), "ready", || relay.ready()).await;
+    let metrics = relay.metrics().await;
+    assert!(metrics.contains(r#"relay_canary_round_trip_seconds_count{leg="nats"}"#), "{metrics}");
+    assert!(metrics.contains(r#"relay_canary_round_trip_seconds_count{leg="redis"}"#), "{metrics}");
+
+    stack.nats.pause();
+    let started = std::time::Instant::now();
+    relay_tests::eventually(Duration::from_secs(15), "unready while NATS hangs", || async { !relay.ready().await })
+        .await;
+    let unready_after = started.elapsed();
+    let answer = reqwest::get(&readyz).await.unwrap();
+    assert_eq!(answer.status(), 503);
+    let why = answer.text().await.unwrap();
+    assert!(why.contains("nats canary"), "{why}");
+    let metrics = relay.metrics().await;
+    assert!(metrics.contains(r#"relay_canary_failures_total{leg="nats"}"#), "{metrics}");
+
+    stack.nats.resume();
+    let resumed = std::time::Instant::now();
+    relay_tests::eventually(Duration::from_secs(30), "ready again", || relay.ready()).await;
+    println!("unready {unready_after:?} after NATS hung; ready {:?} after it came back", resumed.elapsed());
 }

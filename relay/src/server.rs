@@ -104,6 +104,9 @@ pub async fn connect(config: Config) -> anyhow::Result<Arc<Relay>> {
     }))
 }
 
+/// The largest request message the relay decodes.
+const MAX_REQUEST_BYTES: usize = 1024 * 1024 + 64 * 1024;
+
 /// Serves until `signal` resolves, then shuts down gracefully: readiness goes false, streams end
 /// with UNAVAILABLE, in-flight calls get `shutdown_grace` to finish.
 pub async fn serve(relay: Arc<Relay>, listeners: Listeners, signal: impl Future<Output = ()>) -> anyhow::Result<()> {
@@ -127,7 +130,12 @@ pub async fn serve(relay: Arc<Relay>, listeners: Listeners, signal: impl Future<
 
     let mut app = tonic::service::Routes::new(health_service)
         .add_service(reflection)
-        .add_service(RelayServiceServer::new(rpc::Service::new(relay.clone())))
+        .add_service(
+            RelayServiceServer::new(rpc::Service::new(relay.clone()))
+                // The largest request anyone needs: a 1 MiB text (the CRD's highest maxMessageBytes)
+                // with its ids. tonic's default (4 MiB) would let each request hold four times that.
+                .max_decoding_message_size(MAX_REQUEST_BYTES),
+        )
         .into_axum_router()
         // gRPC-web -> gRPC for the services; plain gRPC passes through. Only for the services:
         // it answers 400 to any other HTTP/1.1 request, such as the web client's files.

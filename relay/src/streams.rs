@@ -53,7 +53,7 @@ impl Streams {
         let n = inner.per_user.entry(user.to_owned()).or_default();
         if *n >= self.max_per_user {
             return Err(Error::ResourceExhausted(format!(
-                "too many streams: user {user} already holds {} on this relay; close one or subscribe to several channels on one stream",
+                "too many streams: user {user} already holds {} (Subscribe and PublishStream calls) on this relay; close one, or subscribe to several channels on one stream",
                 self.max_per_user
             )));
         }

@@ -52,8 +52,8 @@ async fn many_publishes_over_one_call_are_each_answered_stored_and_delivered() {
     let mut seqs: Vec<u64> = (1..=N)
         .map(|i| match &by_ref[&i] {
             Answer::Message(m) => {
-                assert_eq!(m.text, format!("m{i}"));
                 assert_eq!(m.userid, alice.id);
+                assert!(m.text.is_empty(), "the answer leaves out the text the client sent");
                 m.seq
             }
             other => panic!("ref {i}: {other:?}"),
@@ -71,6 +71,15 @@ async fn many_publishes_over_one_call_are_each_answered_stored_and_delivered() {
     // Delivered like any publish, in seq order, on the other replica.
     let got = sub.messages(N as usize, T).await;
     assert_eq!(got.iter().map(|m| m.seq).collect::<Vec<_>>(), (1..=N).collect::<Vec<_>>());
+    for m in &got {
+        let Answer::Message(answered) =
+            by_ref.values().find(|a| matches!(a, Answer::Message(x) if x.seq == m.seq)).unwrap()
+        else {
+            unreachable!()
+        };
+        assert_eq!(answered.id, m.id);
+        assert!(m.text.starts_with('m'));
+    }
     // And in history.
     let page =
         stack.client(0).await.history(&alice.token, &ch, Some(relay_tests::Position::SinceSeq(0)), 10).await.unwrap();
@@ -93,11 +102,9 @@ async fn a_publish_stream_refuses_bad_tokens_and_ends_when_its_user_is_deleted()
     let answer = tokio::time::timeout(T, answers.message()).await.unwrap().unwrap().unwrap();
     assert!(matches!(answer.result, Some(Answer::Message(_))), "{answer:?}");
 
-    // Bob is deleted: once the relay's cached answer for his token expires, his next publish ends
-    // the call, saying why.
+    // Bob is deleted: once the relay's cached answer for his token expires, the call ends, saying
+    // why, though it sends nothing more.
     stack.pocketbase.delete_user(&bob).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    tx.unbounded_send(request(2, &ch, "still me?")).unwrap();
     let ended = match tokio::time::timeout(T, answers.message()).await.expect("the call ends") {
         Ok(Some(answer)) => panic!("answered after the user was deleted: {answer:?}"),
         Ok(None) => panic!("ended without a status"),
@@ -105,4 +112,53 @@ async fn a_publish_stream_refuses_bad_tokens_and_ends_when_its_user_is_deleted()
     };
     assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
     let _ = answers.next().await;
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_answers_unread_or_sends_oversized_requests_is_told_why() {
+    let stack = Stack::with(StackOptions { relays: 1, ..Default::default() }).await;
+    let alice = stack.pocketbase.create_user("alice").await;
+    let ch = unique("bulk");
+    let mut settings = ChannelSettings::default();
+    settings.limits.publish_per_second_per_user = 0;
+    stack.declare(&ch, &settings).await;
+
+    // More answers than the call and the client's HTTP/2 window hold, none read: after 10 s the
+    // call ends, saying why.
+    let channel = tonic::transport::Channel::from_shared(stack.relays[0].addr())
+        .unwrap()
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535)
+        .connect()
+        .await
+        .unwrap();
+    let mut client = relay::proto::relay_service_client::RelayServiceClient::new(channel);
+    let requests: Vec<_> = (1..=3000).map(|i| request(i, &ch, "x")).collect();
+    let mut call = tonic::Request::new(futures::stream::iter(requests));
+    call.metadata_mut().insert("authorization", format!("Bearer {}", alice.token).parse().unwrap());
+    let mut answers = client.publish_stream(call).await.unwrap().into_inner();
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let ended = loop {
+        match tokio::time::timeout(T, answers.message()).await.expect("the call ends") {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("ended without a status"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(ended.code(), Code::ResourceExhausted, "{ended:?}");
+    assert!(ended.message().contains("unread"), "{ended:?}");
+
+    // A request larger than any channel allows is refused with a status, not decoded.
+    let huge = request(1, &ch, &"x".repeat(2 * 1024 * 1024));
+    let mut answers = stack.client(0).await.publish_stream(&alice.token, futures::stream::iter([huge])).await.unwrap();
+    let ended = loop {
+        match tokio::time::timeout(T, answers.message()).await.expect("the call ends") {
+            Ok(Some(answer)) if matches!(answer.result, Some(Answer::Started(_))) => continue,
+            Ok(other) => panic!("expected a status, got {other:?}"),
+            Err(status) => break status,
+        }
+    };
+    assert_ne!(ended.code(), Code::Ok, "{ended:?}");
+    // The relay is fine, and so is the user's next call.
+    stack.client(0).await.publish(&alice.token, &ch, "after").await.unwrap();
 }

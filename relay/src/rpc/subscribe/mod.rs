@@ -236,7 +236,7 @@ async fn watch(relay: &Relay, outbox: &Outbox, stream: &Stream, held: &[(Channel
 }
 
 /// When the stream's token must be checked again: at the earlier of its expiry and the auth TTL.
-fn next_token_check(relay: &Relay, stream: &Stream) -> tokio::time::Instant {
+pub(crate) fn next_token_check(relay: &Relay, stream: &Stream) -> tokio::time::Instant {
     let left = Duration::from_secs((stream.expires() - crate::now_nanos() / 1_000_000_000).max(0) as u64);
     tokio::time::Instant::now() + relay.config.auth_cache_ttl.min(left)
 }

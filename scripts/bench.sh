@@ -39,7 +39,8 @@ commands="$out/commands.txt"
 runs=${RUNS:-3}
 # Servers on CPU 0, loadgen on the others: the client's own cost does not decide the result.
 pin=$( [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null && echo --pin || true)
-publishing=(relay "relay --declared" relay-sim "relay-sim --declared" centrifugo-memory centrifugo-redis nats)
+publishing=(relay "relay --declared" "relay --declared --publish-path stream" relay-sim "relay-sim --declared"
+  centrifugo-memory centrifugo-redis nats)
 connecting=(relay centrifugo-memory centrifugo-redis nats)
 scenarios=(
   "fanout --subscribers 1000 --rate 100 --seconds $secs"

@@ -18,8 +18,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 results_path, commands_path, md_path, png_path = sys.argv[1:5]
 rows = [json.loads(line) for line in open(results_path) if line.strip()]
 commands = [c.strip() for c in open(commands_path) if c.strip()]
-SYSTEMS = ["relay", "relay (declared)", "relay-sim", "relay-sim (declared)", "centrifugo (memory)",
-           "centrifugo (redis)", "nats (raw)"]
+SYSTEMS = ["relay", "relay (declared)", "relay (declared) (publish stream)", "relay-sim", "relay-sim (declared)",
+           "centrifugo (memory)", "centrifugo (redis)", "nats (raw)"]
 SCENARIOS = ["fanout", "channels", "throughput", "idle", "reconnect"]
 
 
@@ -81,7 +81,8 @@ out += ["## How each system was run", "",
         "  gRPC to either replica, each acknowledged after Redis and NATS took it. **relay (declared)**:",
         "  the same with the channels declared as `examples/channels/chat.yaml` declares them (by the",
         "  operator's own code): a JetStream file-store stream captures them and each publish waits for",
-        "  its ack. This is the path users run.",
+        "  its ack. This is the path users run. **(publish stream)**: the same, publishing through",
+        "  PublishStream calls (one per publishing connection) instead of unary Publish, as a service would.",
         "- **relay-sim**: the ceiling for the relay's publish path: the relay's own Redis append script",
         "  and NATS publish (JetStream-acked when declared) called directly, with no gRPC, auth or settings;",
         "  subscribers read NATS directly.",

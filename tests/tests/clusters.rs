@@ -79,8 +79,10 @@ async fn a_replicated_stream_is_placed_on_three_nodes_and_its_leader_reported_an
     let i: usize = leader.trim_start_matches('n').parse().unwrap();
     stack.nats.node(i).stop().await;
     let started = std::time::Instant::now();
+    // Retried with its idempotency key, as clients are told to: an attempt answered UNAVAILABLE
+    // after its append is announced later by the republisher, and must not count twice.
     loop {
-        match c.publish(&alice.token, &ch, "after").await {
+        match c.publish_with_key(&alice.token, &ch, "after", "after").await {
             Ok(_) => break,
             Err(e) if e.code() == tonic::Code::Unavailable => {
                 assert!(started.elapsed() < Duration::from_secs(30), "publishing never came back: {e:?}");

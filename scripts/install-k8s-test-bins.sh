@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the envtest-style binaries the operator's integration tests need, from Go modules, into a
 # cache outside the repo, and prints the folder (use it as KUBEBUILDER_ASSETS):
-#   kube-apiserver (k8s.io/kubernetes) and etcd (go.etcd.io/etcd), plus helm.
+#   kube-apiserver (k8s.io/kubernetes) and etcd (go.etcd.io/etcd), plus helm and promtool.
 # k8s.io/kubernetes cannot be `go install`ed (its go.mod replaces every k8s.io staging module with a
 # local path), so it is built from a throwaway wrapper module that pins each staging module instead.
 # Idempotent: a binary already in the cache is kept.
@@ -10,6 +10,7 @@ set -euo pipefail
 K8S_VERSION=${K8S_VERSION:-1.37.2}
 ETCD_VERSION=${ETCD_VERSION:-3.6.16}
 HELM_VERSION=${HELM_VERSION:-3.22.0}
+PROMETHEUS_VERSION=${PROMETHEUS_VERSION:-0.316.0}
 out=${KUBEBUILDER_ASSETS:-${XDG_CACHE_HOME:-$HOME/.cache}/relay-test-bins/k8s-$K8S_VERSION}
 mkdir -p "$out"
 export GOFLAGS=-mod=mod GOTOOLCHAIN=local
@@ -44,6 +45,8 @@ build_wrapped() { # name module version package
 
 build_wrapped kube-apiserver k8s.io/kubernetes "$K8S_VERSION" k8s.io/kubernetes/cmd/kube-apiserver
 build_wrapped etcd go.etcd.io/etcd/server/v3 "$ETCD_VERSION" go.etcd.io/etcd/server/v3
+# promtool checks the alert rules the chart ships.
+build_wrapped promtool github.com/prometheus/prometheus "$PROMETHEUS_VERSION" github.com/prometheus/prometheus/cmd/promtool
 if [ ! -x "$out/helm" ]; then
   echo "building helm $HELM_VERSION" >&2
   GOBIN="$out" go install "helm.sh/helm/v3/cmd/helm@v$HELM_VERSION"

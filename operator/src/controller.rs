@@ -137,6 +137,7 @@ async fn reconcile(rc: Arc<RelayChannel>, ctx: Arc<Context>) -> Result<Action, E
 async fn apply(rc: &RelayChannel, ctx: &Context) -> Result<Action, Error> {
     let all = ctx.store.state();
     let verdict = reconcile::apply(&ctx.backends, rc, &reconcile::declared(&all)).await;
+    metrics::channel_ready(&rc.namespace().unwrap_or_default(), &rc.name_any(), Some(verdict.ready));
     write_status(rc, ctx, &verdict).await?;
     match verdict.backend_error {
         // An outage: retried with backoff.
@@ -161,6 +162,7 @@ async fn cleanup(rc: &RelayChannel, ctx: &Context) -> Result<Action, Error> {
     reconcile::cleanup(&ctx.backends, rc, &reconcile::declared(&all.iter().collect::<Vec<_>>()))
         .await
         .map_err(Error::Backend)?;
+    metrics::channel_ready(&rc.namespace().unwrap_or_default(), &rc.name_any(), None);
     publish_event(
         ctx,
         rc,

@@ -16,6 +16,8 @@ struct Metrics {
     errors: Family<Vec<(String, String)>, Counter>,
     duration: Histogram,
     leader: Gauge,
+    changes: Counter,
+    ready: Family<Vec<(String, String)>, Gauge>,
 }
 
 fn metrics() -> &'static Metrics {
@@ -30,7 +32,19 @@ fn metrics() -> &'static Metrics {
         registry.register("reconcile_duration_seconds", "Reconcile duration", duration.clone());
         let leader = Gauge::default();
         registry.register("leader", "1 while this replica leads", leader.clone());
-        Metrics { registry, reconciles, errors, duration, leader }
+        let changes = Counter::default();
+        registry.register(
+            "changes_applied",
+            "Changes made to NATS or Redis to match a declaration (new or edited specs, and drift repaired)",
+            changes.clone(),
+        );
+        let ready = Family::default();
+        registry.register(
+            "channel_ready",
+            "1 while a RelayChannel is Ready, 0 while it is not, per namespace and name",
+            ready.clone(),
+        );
+        Metrics { registry, reconciles, errors, duration, leader, changes, ready }
     })
 }
 
@@ -50,6 +64,23 @@ pub fn reconcile_timer() -> Timer {
 
 pub fn reconcile_error(kind: &str) {
     metrics().errors.get_or_create(&vec![("kind".into(), kind.into())]).inc();
+}
+
+pub fn changes_applied(n: usize) {
+    metrics().changes.inc_by(n as u64);
+}
+
+/// The Ready condition of one channel; `None` when it is gone.
+pub fn channel_ready(namespace: &str, name: &str, ready: Option<bool>) {
+    let labels = vec![("namespace".to_owned(), namespace.to_owned()), ("name".to_owned(), name.to_owned())];
+    match ready {
+        Some(r) => {
+            metrics().ready.get_or_create(&labels).set(i64::from(r));
+        }
+        None => {
+            metrics().ready.remove(&labels);
+        }
+    }
 }
 
 pub fn set_leader(leading: bool) {

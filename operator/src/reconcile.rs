@@ -95,6 +95,7 @@ pub async fn apply(backends: &Backends, rc: &RelayChannel, all: &[Declared<'_>])
     };
     match backends.apply(&name, &owner, &desired).await {
         Ok(out) => {
+            crate::metrics::changes_applied(out.changes.len());
             for change in &out.changes {
                 tracing::info!(channel = %name, %change, "applied");
             }

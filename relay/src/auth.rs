@@ -159,7 +159,9 @@ impl Verifier {
         if exp <= SystemTime::now() {
             return Err(Error::Unauthenticated("token has expired; log in again".into()));
         }
-        let entry = match self.inner.cache.get(token) {
+        let cached = self.inner.cache.get(token);
+        crate::metrics::auth_lookup(matches!(cached, Some(Entry::Done(..))));
+        let entry = match cached {
             Some(entry) => entry,
             None => {
                 if let Some(peer) = peer {

@@ -97,6 +97,7 @@ impl From<Error> for Status {
         let message = match &e {
             Error::Unavailable { what, source } => {
                 log_unavailable(what, source.as_ref());
+                crate::metrics::backend_error(part(what));
                 format!("{} unavailable; retry", part(what))
             }
             other => other.to_string(),

@@ -26,6 +26,9 @@ struct Metrics {
     topics: Gauge,
     canary_seconds: Family<Labels, Histogram, fn() -> Histogram>,
     canary_failures: Family<Vec<(String, String)>, Counter>,
+    delivery_seconds: Histogram,
+    auth_lookups: Family<Labels, Counter>,
+    backend_errors: Family<Labels, Counter>,
 }
 
 fn metrics() -> &'static Metrics {
@@ -72,8 +75,29 @@ fn metrics() -> &'static Metrics {
             "Canary rounds that did not come back in time, by leg",
             canary_failures.clone(),
         );
+        let delivery_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+        registry.register(
+            "delivery_seconds",
+            "Publish to delivery: from when a message was stored to when it was handed to a stream (Redis's clock against this relay's)",
+            delivery_seconds.clone(),
+        );
+        let auth_lookups = Family::default();
+        registry.register(
+            "auth_cache_lookups",
+            "Token checks by result (hit: answered from the cache; miss: a PocketBase call or a wait for one)",
+            auth_lookups.clone(),
+        );
+        let backend_errors = Family::default();
+        registry.register(
+            "backend_errors",
+            "Calls answered UNAVAILABLE because a backend failed, by backend (message bus, history store, authentication service)",
+            backend_errors.clone(),
+        );
         Metrics {
             registry,
+            delivery_seconds,
+            auth_lookups,
+            backend_errors,
             canary_seconds,
             canary_failures,
             rpcs,
@@ -104,6 +128,15 @@ pub fn canary(leg: &str, outcome: Result<Duration, ()>) {
     }
 }
 
+pub fn auth_lookup(hit: bool) {
+    let result = if hit { "hit" } else { "miss" };
+    metrics().auth_lookups.get_or_create(&vec![("result".into(), result.into())]).inc();
+}
+
+pub fn backend_error(backend: &str) {
+    metrics().backend_errors.get_or_create(&vec![("backend".into(), backend.into())]).inc();
+}
+
 pub fn observe_publish(d: Duration) {
     metrics().publish_seconds.observe(d.as_secs_f64());
 }
@@ -112,8 +145,12 @@ pub fn observe_auth_call(d: Duration) {
     metrics().auth_call_seconds.observe(d.as_secs_f64());
 }
 
-pub fn delivered(n: u64) {
-    metrics().deliveries.inc_by(n);
+/// One message handed to a Subscribe stream; `ts` is when it was stored (Unix nanoseconds, Redis's
+/// clock), so the histogram holds publish-to-delivery latency.
+pub fn delivered(ts: i64) {
+    metrics().deliveries.inc();
+    let age = (crate::now_nanos() - ts).max(0) as f64 / 1e9;
+    metrics().delivery_seconds.observe(age);
 }
 
 /// Counts a message that was not delivered, by reason.

@@ -126,8 +126,8 @@ fn drain(
         match item {
             // The permit, if any, goes with the event: its room is free again.
             Some((event, _permit)) => {
-                if matches!(event.event, Some(crate::proto::subscribe_response::Event::Message(_))) {
-                    crate::metrics::delivered(1);
+                if let Some(crate::proto::subscribe_response::Event::Message(m)) = &event.event {
+                    crate::metrics::delivered(m.ts);
                 }
                 Some((Ok(event), st))
             }

@@ -44,6 +44,10 @@ fn metrics() -> &'static Metrics {
             "1 while a RelayChannel is Ready, 0 while it is not, per namespace and name",
             ready.clone(),
         );
+        // Known error kinds start at zero, so that alerts see them before the first error.
+        for kind in ["kube", "nats", "redis", "refused", "finalizer", "spec"] {
+            drop(errors.get_or_create(&vec![("kind".into(), kind.into())]));
+        }
         Metrics { registry, reconciles, errors, duration, leader, changes, ready }
     })
 }

@@ -65,6 +65,7 @@ pub async fn pass(backends: &Backends, dir: &Path, known: &mut HashMap<String, R
     for rc in &channels {
         let _timer = crate::metrics::reconcile_timer();
         let verdict = reconcile::apply(backends, rc, &declared).await;
+        crate::metrics::channel_ready(&rc.namespace().unwrap_or_default(), &rc.name_any(), Some(verdict.ready));
         if verdict.ready {
             tracing::debug!(channel = %rc.name_any(), "ready");
         } else {
@@ -77,7 +78,10 @@ pub async fn pass(backends: &Backends, dir: &Path, known: &mut HashMap<String, R
         known.iter().filter(|(k, _)| !seen.contains_key(*k)).map(|(k, v)| (k.clone(), v.clone())).collect();
     for (owner, gone) in gone {
         match reconcile::cleanup(backends, &gone, &declared).await {
-            Ok(()) => tracing::info!(%owner, policy = ?gone.spec.deletion_policy, "removed"),
+            Ok(()) => {
+                crate::metrics::channel_ready(&gone.namespace().unwrap_or_default(), &gone.name_any(), None);
+                tracing::info!(%owner, policy = ?gone.spec.deletion_policy, "removed")
+            }
             Err(e) => {
                 tracing::warn!(%owner, error = %e, "cleanup failed; retrying next pass");
                 seen.insert(owner, gone);

@@ -33,7 +33,51 @@ struct Metrics {
 
 fn metrics() -> &'static Metrics {
     static M: OnceLock<Metrics> = OnceLock::new();
-    M.get_or_init(|| {
+    M.get_or_init(|| init(new()))
+}
+
+/// Every label set that is known in advance starts at zero, so that dashboards and alerts (a
+/// `rate()` or `increase()` over a series that does not exist yet gives nothing) see it from the
+/// start, and every family is in `/metrics` before its first event.
+fn init(m: Metrics) -> Metrics {
+    let label = |k: &str, v: &str| vec![(k.to_owned(), v.to_owned())];
+    for method in ["Publish", "PublishStream", "PublishStream.Publish", "Subscribe", "History", "Ack", "RefreshToken"] {
+        drop(m.rpcs.get_or_create(&vec![("method".into(), method.into()), ("code".into(), "Ok".into())]));
+    }
+    for reason in [
+        "slow_consumer",
+        "unverified_token_rate",
+        "republish_queue_full",
+        "republish_gave_up",
+        "not_a_relay_message",
+        "wrong_channel",
+    ] {
+        drop(m.dropped.get_or_create(&label("reason", reason)));
+    }
+    for reason in [
+        crate::order::reason::NEW_EPOCH,
+        crate::order::reason::REWOUND,
+        crate::order::reason::EXPIRED,
+        crate::order::reason::UNREADABLE,
+        crate::order::reason::STALE_EPOCH,
+    ] {
+        drop(m.markers.get_or_create(&label("reason", reason)));
+    }
+    for leg in ["nats", "redis"] {
+        drop(m.canary_failures.get_or_create(&label("leg", leg)));
+        drop(m.canary_seconds.get_or_create(&label("leg", leg)));
+    }
+    for result in ["hit", "miss"] {
+        drop(m.auth_lookups.get_or_create(&label("result", result)));
+    }
+    for backend in ["message bus", "history store", "authentication service", "relay"] {
+        drop(m.backend_errors.get_or_create(&label("backend", backend)));
+    }
+    m
+}
+
+fn new() -> Metrics {
+    {
         let mut registry = Registry::with_prefix("relay");
         let rpcs = Family::default();
         registry.register("rpcs", "Finished calls by method and gRPC code", rpcs.clone());
@@ -110,7 +154,7 @@ fn metrics() -> &'static Metrics {
             streams,
             topics,
         }
-    })
+    }
 }
 
 /// Counts a finished call.

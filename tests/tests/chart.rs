@@ -292,3 +292,83 @@ fn redis_modes_reach_the_relay_and_the_operator_and_sentinel_needs_a_master_name
     assert!(!out.status.success(), "sentinel without a master name must be refused");
     assert!(String::from_utf8_lossy(&out.stderr).contains("masterName"), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// The Grafana dashboard and the Prometheus rules the chart ships: rendered when enabled, the rules
+/// exactly as `files/alerts.yaml` (which `promtool check rules` accepts), and every metric they
+/// name exported by a live relay or operator.
+#[tokio::test]
+async fn the_dashboard_and_alert_rules_ship_and_name_only_metrics_that_exist() {
+    let (_, docs) =
+        render(&["--set", "monitoring.dashboard.enabled=true", "--set", "monitoring.prometheusRule.enabled=true"]);
+    let configmap = docs
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["labels"]["grafana_dashboard"] == "1")
+        .expect("a dashboard ConfigMap with the sidecar's label");
+    let dashboard: Value = serde_json::from_str(configmap["data"]["relay.json"].as_str().unwrap()).unwrap();
+    let rule = docs.iter().find(|d| d["kind"] == "PrometheusRule").expect("a PrometheusRule");
+    let rules_file = root().join("charts/relay/files/alerts.yaml");
+    let file: Value = serde_saphyr::from_str(&std::fs::read_to_string(&rules_file).unwrap()).unwrap();
+    assert_eq!(rule["spec"]["groups"], file["groups"], "the PrometheusRule ships files/alerts.yaml as it is");
+
+    let out = Command::new(assets().join("promtool")).arg("check").arg("rules").arg(&rules_file).output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let mut exprs: Vec<String> = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            exprs.push(target["expr"].as_str().unwrap().to_owned());
+        }
+    }
+    for group in file["groups"].as_array().unwrap() {
+        for r in group["rules"].as_array().unwrap() {
+            exprs.push(r["expr"].as_str().unwrap().to_owned());
+        }
+    }
+    assert!(exprs.len() > 20, "{exprs:?}");
+
+    // A live relay and a live operator (standalone, nothing declared) say what they export.
+    let stack = relay_tests::Stack::with(relay_tests::StackOptions { relays: 1, ..Default::default() }).await;
+    let declared = tempfile::tempdir().unwrap();
+    std::fs::copy(root().join("examples/channels/chat.yaml"), declared.path().join("chat.yaml")).unwrap();
+    let operator =
+        relay_tests::OperatorProc::start(&stack, &["--standalone", declared.path().to_str().unwrap()], &[]).await;
+    relay_tests::eventually(std::time::Duration::from_secs(15), "the operator applied chat", || async {
+        operator.metrics().await.contains("relay_operator_channel_ready{")
+    })
+    .await;
+    let exported = format!("{}{}", stack.relays[0].metrics().await, operator.metrics().await);
+    let families: std::collections::BTreeSet<&str> =
+        exported.lines().filter_map(|l| l.strip_prefix("# TYPE ")).filter_map(|l| l.split(' ').next()).collect();
+    for expr in &exprs {
+        for name in metric_names(expr) {
+            let family = ["_total", "_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix).filter(|base| families.contains(base)))
+                .unwrap_or(&name);
+            assert!(families.contains(family), "{name} (in `{expr}`) is not exported; exported: {families:?}");
+        }
+    }
+}
+
+/// The metric names in a PromQL expression: words that start with `relay_`.
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let bytes = expr.as_bytes();
+    let mut i = 0;
+    while let Some(at) = expr[i..].find("relay_") {
+        let start = i + at;
+        let word_start = start == 0 || !(bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
+        let end =
+            expr[start..].find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).map_or(expr.len(), |n| start + n);
+        if word_start {
+            names.push(expr[start..end].to_owned());
+        }
+        i = end;
+    }
+    names
+}

@@ -75,6 +75,7 @@ impl Outbox {
         match self.tx.try_send((event, None)) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => {
+                crate::metrics::dropped("slow_consumer");
                 self.end(Status::resource_exhausted(
                     "slow consumer: the stream fell too far behind; resubscribe from your last seq",
                 ));

@@ -103,11 +103,21 @@ impl Bus {
         self.generation.load(Ordering::SeqCst)
     }
 
-    /// Publishes and waits until the server has the message.
-    pub async fn publish_confirmed(&self, subject: String, payload: bytes::Bytes) -> Result<()> {
+    /// Publishes (with `headers`, if any) and waits until the server has the message.
+    pub async fn publish_confirmed(
+        &self,
+        subject: String,
+        headers: Option<async_nats::HeaderMap>,
+        payload: bytes::Bytes,
+    ) -> Result<()> {
         self.ensure_connected()?;
         let generation = self.generation();
-        bounded("nats publish", self.client.publish(subject, payload)).await?;
+        match headers {
+            Some(headers) => {
+                bounded("nats publish", self.client.publish_with_headers(subject, headers, payload)).await?;
+            }
+            None => bounded("nats publish", self.client.publish(subject, payload)).await?,
+        }
         self.confirm_since(generation).await
     }
 

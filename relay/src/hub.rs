@@ -142,6 +142,9 @@ impl Pump {
                         crate::metrics::dropped("wrong_channel");
                         continue;
                     }
+                    // One span per message and relay (not per stream), in the publisher's trace.
+                    crate::telemetry::delivery_span(msg.headers.as_ref(), &m.channelid, m.seq)
+                        .in_scope(|| tracing::debug!(streams = self.tx.receiver_count(), "delivering"));
                     let mut batch = self.order.push(m);
                     if self.order.overfull() {
                         batch.extend(self.repair().await);

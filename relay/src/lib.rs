@@ -35,6 +35,7 @@ pub mod server;
 pub mod settings;
 pub mod store;
 pub mod streams;
+pub mod telemetry;
 
 /// Generated from `proto/relay/v1/relay.proto`.
 pub mod proto {

@@ -82,14 +82,16 @@ pub async fn publish(bus: &Bus, message: &WireMessage, jetstream: bool) -> Resul
     bus.ensure_connected()?;
     let subject = names::subject(&message.channelid);
     let payload = bytes::Bytes::from(message.to_json());
+    // The trace context, while traces are on: the delivering relays continue the trace.
+    let traced = crate::telemetry::headers();
     if jetstream {
-        let mut headers = async_nats::HeaderMap::new();
+        let mut headers = traced.unwrap_or_default();
         headers.insert("Nats-Msg-Id", message.id.as_str());
         let js = async_nats::jetstream::new(bus.client.clone());
         let ack = bounded("jetstream publish", js.publish_with_headers(subject, headers, payload)).await?;
         bounded("jetstream ack", ack.into_future()).await?;
         Ok(())
     } else {
-        bus.publish_confirmed(subject, payload).await
+        bus.publish_confirmed(subject, traced, payload).await
     }
 }

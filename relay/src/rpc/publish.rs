@@ -8,6 +8,7 @@
 use std::time::Instant;
 
 use tonic::Request;
+use tracing::Instrument;
 
 use relay_channel::WireMessage;
 
@@ -23,11 +24,16 @@ const MAX_IDEMPOTENCY_KEY: usize = 128;
 const IDLE_TTL: u64 = 7 * 24 * 3600;
 
 pub async fn publish(relay: &Relay, req: Request<PublishRequest>) -> Result<PublishResponse> {
-    let started = Instant::now();
-    let user = relay.authenticate(&req).await?.user;
-    let message = publish_as(relay, user, req.into_inner()).await?;
-    crate::metrics::observe_publish(started.elapsed());
-    Ok(PublishResponse { message: Some(message.into()) })
+    let span = crate::telemetry::call_span("relay.publish", req.metadata());
+    async move {
+        let started = Instant::now();
+        let user = relay.authenticate(&req).await?.user;
+        let message = publish_as(relay, user, req.into_inner()).await?;
+        crate::metrics::observe_publish(started.elapsed());
+        Ok(PublishResponse { message: Some(message.into()) })
+    }
+    .instrument(span)
+    .await
 }
 
 /// Publishes for a verified user: what Publish and each message of PublishStream do.
@@ -70,7 +76,8 @@ pub async fn publish_as(relay: &Relay, user: crate::auth::User, req: PublishRequ
     let store = relay.store.clone();
     let bus = relay.bus.clone();
     let republisher = relay.republish.clone();
-    let done = tokio::spawn(async move {
+    let done = tokio::spawn(
+        async move {
         let appended = store
             .append(Append {
                 channel: &message.channelid,
@@ -83,6 +90,7 @@ pub async fn publish_as(relay: &Relay, user: crate::auth::User, req: PublishRequ
                 max_age_secs: limits.1,
                 idle_ttl_secs,
             })
+            .instrument(crate::trace_span!("append", otel.name = "redis.append"))
             .await?;
         // A replayed publish is sent to NATS again: the first attempt may have died before it did.
         // Subscribers drop the copy by seq; JetStream drops it by message id.
@@ -94,7 +102,10 @@ pub async fn publish_as(relay: &Relay, user: crate::auth::User, req: PublishRequ
                 message.seq
             )));
         }
-        if let Err(e) = republish::publish(&bus, &message, jetstream).await {
+        let published = republish::publish(&bus, &message, jetstream)
+            .instrument(crate::trace_span!("publish", otel.name = "nats.publish", seq = message.seq))
+            .await;
+        if let Err(e) = published {
             tracing::debug!(channel = %message.channelid, seq = message.seq, error = %e, "stored but not published; publishing again in the background");
             let seq = message.seq;
             republisher.push(message, jetstream);
@@ -103,12 +114,15 @@ pub async fn publish_as(relay: &Relay, user: crate::auth::User, req: PublishRequ
             )));
         }
         Ok(message)
-    });
+    }
+        .instrument(tracing::Span::current()),
+    );
     done.await.map_err(|e| Error::unavailable("relay", e))?
 }
 
-/// Room left for NATS headers (`Nats-Msg-Id`), which count against the server's limit too.
-const HEADER_ROOM: usize = 256;
+/// Room left for NATS headers (`Nats-Msg-Id`, and `traceparent` and a `tracestate` of at most
+/// 256 bytes while traces are on), which count against the server's limit too.
+const HEADER_ROOM: usize = 512;
 
 /// Refuses a message whose encoding, with the widest seq, ts and epoch the store can give it and
 /// its headers, is more than the NATS server takes in one message.

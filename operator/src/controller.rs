@@ -138,6 +138,9 @@ async fn apply(rc: &RelayChannel, ctx: &Context) -> Result<Action, Error> {
     let all = ctx.store.state();
     let verdict = reconcile::apply(&ctx.backends, rc, &reconcile::declared(&all)).await;
     metrics::channel_ready(&rc.namespace().unwrap_or_default(), &rc.name_any(), Some(verdict.ready));
+    // Changes to a spec already reconciled were drift: someone or something changed the backends.
+    let drift = rc.status.as_ref().and_then(|s| s.observed_generation) == rc.metadata.generation;
+    metrics::changes_applied(verdict.changes, if drift { "drift" } else { "spec" });
     write_status(rc, ctx, &verdict).await?;
     match verdict.backend_error {
         // An outage: retried with backoff.

@@ -16,7 +16,7 @@ struct Metrics {
     errors: Family<Vec<(String, String)>, Counter>,
     duration: Histogram,
     leader: Gauge,
-    changes: Counter,
+    changes: Family<Vec<(String, String)>, Counter>,
     ready: Family<Vec<(String, String)>, Gauge>,
 }
 
@@ -32,12 +32,15 @@ fn metrics() -> &'static Metrics {
         registry.register("reconcile_duration_seconds", "Reconcile duration", duration.clone());
         let leader = Gauge::default();
         registry.register("leader", "1 while this replica leads", leader.clone());
-        let changes = Counter::default();
+        let changes = Family::default();
         registry.register(
             "changes_applied",
-            "Changes made to NATS or Redis to match a declaration (new or edited specs, and drift repaired)",
+            "Changes made to NATS or Redis to match a declaration, by cause: spec (new or edited) or drift (repaired)",
             changes.clone(),
         );
+        for cause in ["spec", "drift"] {
+            drop(changes.get_or_create(&vec![("cause".into(), cause.into())]));
+        }
         let ready = Family::default();
         registry.register(
             "channel_ready",
@@ -70,8 +73,10 @@ pub fn reconcile_error(kind: &str) {
     metrics().errors.get_or_create(&vec![("kind".into(), kind.into())]).inc();
 }
 
-pub fn changes_applied(n: usize) {
-    metrics().changes.inc_by(n as u64);
+pub fn changes_applied(n: usize, cause: &str) {
+    if n > 0 {
+        metrics().changes.get_or_create(&vec![("cause".into(), cause.into())]).inc_by(n as u64);
+    }
 }
 
 /// The Ready condition of one channel; `None` when it is gone.

@@ -24,6 +24,8 @@ pub struct Verdict {
     pub stream: Option<StreamStatus>,
     /// Set when a backend failed: the reconcile is retried with backoff.
     pub backend_error: Option<BackendError>,
+    /// Changes made to NATS or Redis by this reconcile.
+    pub changes: usize,
 }
 
 impl Verdict {
@@ -32,7 +34,7 @@ impl Verdict {
     }
 
     fn not_ready(reason: &str, message: String) -> Self {
-        Self { ready: false, reason: reason.into(), message, stream: None, backend_error: None }
+        Self { ready: false, reason: reason.into(), message, stream: None, backend_error: None, changes: 0 }
     }
 
     /// Whether retrying soon may help (an outage), as opposed to waiting for a spec change.
@@ -95,16 +97,16 @@ pub async fn apply(backends: &Backends, rc: &RelayChannel, all: &[Declared<'_>])
     };
     match backends.apply(&name, &owner, &desired).await {
         Ok(out) => {
-            crate::metrics::changes_applied(out.changes.len());
+            let changes = out.changes.len();
             for change in &out.changes {
                 tracing::info!(channel = %name, %change, "applied");
             }
             if let Some(conflict) = out.conflict {
-                return Verdict::not_ready("Conflict", conflict);
+                return Verdict { changes, ..Verdict::not_ready("Conflict", conflict) };
             }
             let stream = Some(out.stream);
             match out.blocked {
-                Some(why) => Verdict { stream, ..Verdict::not_ready("ChangeRefused", why) },
+                Some(why) => Verdict { stream, changes, ..Verdict::not_ready("ChangeRefused", why) },
                 None => Verdict {
                     ready: true,
                     reason: "Reconciled".into(),
@@ -115,6 +117,7 @@ pub async fn apply(backends: &Backends, rc: &RelayChannel, all: &[Declared<'_>])
                     ),
                     stream,
                     backend_error: None,
+                    changes,
                 },
             }
         }

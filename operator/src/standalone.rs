@@ -66,6 +66,9 @@ pub async fn pass(backends: &Backends, dir: &Path, known: &mut HashMap<String, R
         let _timer = crate::metrics::reconcile_timer();
         let verdict = reconcile::apply(backends, rc, &declared).await;
         crate::metrics::channel_ready(&rc.namespace().unwrap_or_default(), &rc.name_any(), Some(verdict.ready));
+        // A file applied before, unchanged: what had to change was drift.
+        let drift = known.get(&reconcile::owner(rc)).is_some_and(|before| before.spec == rc.spec);
+        crate::metrics::changes_applied(verdict.changes, if drift { "drift" } else { "spec" });
         if verdict.ready {
             tracing::debug!(channel = %rc.name_any(), "ready");
         } else {

@@ -226,6 +226,13 @@ async fn drift_is_repaired_and_outages_reported_within_seconds_not_at_the_next_r
         js.get_stream("RELAY_watched").await.unwrap().consumer_info(&consumer).await.is_ok()
     })
     .await;
+    // Counted as drift, not as a spec change.
+    let metrics = c._operator.metrics().await;
+    let drift = metrics
+        .lines()
+        .find(|l| l.starts_with(r#"relay_operator_changes_applied_total{cause="drift"}"#))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+    assert!(drift.is_some_and(|n| n >= 1.0), "{metrics}");
 
     let mut redis = c.stack.redis.connection().await;
     let () = redis::AsyncCommands::del(&mut redis, &key).await.unwrap();

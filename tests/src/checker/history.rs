@@ -50,11 +50,13 @@ pub enum Seen {
     End {
         why: String,
     },
-    /// Queue: the worker acked a message; `acked` is the answer (1: it was waiting, 0: it was not).
+    /// Queue: the worker acked a message; `acked` is the answer (1: it was waiting, 0: it was not),
+    /// `sent` when the call went out (the event's own time is when the answer came).
     Acked {
         epoch: String,
         seq: u64,
         acked: Result<u32, String>,
+        sent: std::time::Duration,
     },
     /// Queue: the worker dropped its stream while holding this message, without acking it.
     Abandoned {

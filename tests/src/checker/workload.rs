@@ -238,6 +238,7 @@ pub async fn worker(world: World, name: String, user: TestUser, channel: String,
             }
             tokio::time::sleep(Duration::from_millis(rng.random_range(0..10))).await;
             let mut acker = world.clients[rng.random_range(0..world.clients.len())].clone();
+            let sent = world.now();
             let acked = tokio::time::timeout(
                 Duration::from_secs(8),
                 acker.ack(&user.token, &sub.id, &channel, &m.epoch, &[m.seq]),
@@ -249,7 +250,7 @@ pub async fn worker(world: World, name: String, user: TestUser, channel: String,
             };
             let failed = acked.is_err();
             world.moved();
-            out.events.push((world.now(), Seen::Acked { epoch: m.epoch, seq: m.seq, acked }));
+            out.events.push((world.now(), Seen::Acked { epoch: m.epoch, seq: m.seq, acked, sent }));
             if failed {
                 break "ack failed".to_owned();
             }

@@ -206,7 +206,7 @@ fn pin(servers: &[u32]) -> anyhow::Result<String> {
     for pid in servers {
         taskset("0", *pid)?;
     }
-    let load = format!("1-{}", cpus - 1);
+    let load = if cpus == 2 { "1".to_owned() } else { format!("1-{}", cpus - 1) };
     taskset(&load, std::process::id())?;
     Ok(format!("servers on CPU 0, load generator on CPU {load}"))
 }

@@ -138,8 +138,13 @@ async fn apply(rc: &RelayChannel, ctx: &Context) -> Result<Action, Error> {
     let all = ctx.store.state();
     let verdict = reconcile::apply(&ctx.backends, rc, &reconcile::declared(&all)).await;
     metrics::channel_ready(&rc.namespace().unwrap_or_default(), &rc.name_any(), Some(verdict.ready));
-    // Changes to a spec already reconciled were drift: someone or something changed the backends.
-    let drift = rc.status.as_ref().and_then(|s| s.observed_generation) == rc.metadata.generation;
+    // Changes to a spec already applied in full (Ready for this generation) were drift: someone or
+    // something changed the backends. A spec edited during an outage is not applied until after.
+    let drift = rc
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+        .is_some_and(|c| c.status == "True" && c.observed_generation == rc.metadata.generation);
     metrics::changes_applied(verdict.changes, if drift { "drift" } else { "spec" });
     write_status(rc, ctx, &verdict).await?;
     match verdict.backend_error {

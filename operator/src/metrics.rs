@@ -44,7 +44,7 @@ fn metrics() -> &'static Metrics {
         let ready = Family::default();
         registry.register(
             "channel_ready",
-            "1 while a RelayChannel is Ready, 0 while it is not, per namespace and name",
+            "1 while a RelayChannel is Ready, 0 while it is not, by channel_namespace and channel (its name)",
             ready.clone(),
         );
         // Known error kinds start at zero, so that alerts see them before the first error.
@@ -81,7 +81,8 @@ pub fn changes_applied(n: usize, cause: &str) {
 
 /// The Ready condition of one channel; `None` when it is gone.
 pub fn channel_ready(namespace: &str, name: &str, ready: Option<bool>) {
-    let labels = vec![("namespace".to_owned(), namespace.to_owned()), ("name".to_owned(), name.to_owned())];
+    // Not `namespace`: Prometheus puts the scraped pod's own namespace there.
+    let labels = vec![("channel_namespace".to_owned(), namespace.to_owned()), ("channel".to_owned(), name.to_owned())];
     match ready {
         Some(r) => {
             metrics().ready.get_or_create(&labels).set(i64::from(r));

@@ -26,6 +26,7 @@ struct Metrics {
     topics: Gauge,
     canary_seconds: Family<Labels, Histogram, fn() -> Histogram>,
     canary_failures: Family<Vec<(String, String)>, Counter>,
+    canary_ok: Family<Labels, Gauge>,
     delivery_seconds: Histogram,
     auth_lookups: Family<Labels, Counter>,
     backend_errors: Family<Labels, Counter>,
@@ -66,6 +67,7 @@ fn init(m: Metrics) -> Metrics {
     for leg in ["nats", "redis"] {
         drop(m.canary_failures.get_or_create(&label("leg", leg)));
         drop(m.canary_seconds.get_or_create(&label("leg", leg)));
+        drop(m.canary_ok.get_or_create(&label("leg", leg)));
     }
     for result in ["hit", "miss"] {
         drop(m.auth_lookups.get_or_create(&label("result", result)));
@@ -119,10 +121,16 @@ fn new() -> Metrics {
             "Canary rounds that did not come back in time, by leg",
             canary_failures.clone(),
         );
+        let canary_ok = Family::default();
+        registry.register(
+            "canary_ok",
+            "1 while the last canary round of a leg came back, 0 while it did not (what /readyz says)",
+            canary_ok.clone(),
+        );
         let delivery_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
         registry.register(
             "delivery_seconds",
-            "Publish to delivery: from when a message was stored to when it was handed to a stream (Redis's clock against this relay's)",
+            "Publish to delivery of live messages (broadcast and perUser): from when a message was stored to when it was handed to a stream (Redis's clock against this relay's)",
             delivery_seconds.clone(),
         );
         let auth_lookups = Family::default();
@@ -144,6 +152,7 @@ fn new() -> Metrics {
             backend_errors,
             canary_seconds,
             canary_failures,
+            canary_ok,
             rpcs,
             publish_seconds,
             auth_call_seconds,
@@ -164,6 +173,7 @@ pub fn rpc(method: &str, code: tonic::Code) {
 
 pub fn canary(leg: &str, outcome: Result<Duration, ()>) {
     let labels = vec![("leg".to_owned(), leg.to_owned())];
+    metrics().canary_ok.get_or_create(&labels).set(i64::from(outcome.is_ok()));
     match outcome {
         Ok(d) => metrics().canary_seconds.get_or_create(&labels).observe(d.as_secs_f64()),
         Err(()) => {
@@ -189,12 +199,14 @@ pub fn observe_auth_call(d: Duration) {
     metrics().auth_call_seconds.observe(d.as_secs_f64());
 }
 
-/// One message handed to a Subscribe stream; `ts` is when it was stored (Unix nanoseconds, Redis's
-/// clock), so the histogram holds publish-to-delivery latency.
-pub fn delivered(ts: i64) {
+/// One message handed to a Subscribe stream; `live_ts`, for a live message, is when it was stored
+/// (Unix nanoseconds, Redis's clock), so the histogram holds publish-to-delivery latency.
+pub fn delivered(live_ts: Option<i64>) {
     metrics().deliveries.inc();
-    let age = (crate::now_nanos() - ts).max(0) as f64 / 1e9;
-    metrics().delivery_seconds.observe(age);
+    if let Some(ts) = live_ts {
+        let age = (crate::now_nanos() - ts).max(0) as f64 / 1e9;
+        metrics().delivery_seconds.observe(age);
+    }
 }
 
 /// Counts a message that was not delivered, by reason.

@@ -90,14 +90,25 @@ macro_rules! trace_span {
     };
 }
 
-/// The server span of a call: a child of the client's `traceparent`, if it sent one.
-pub fn call_span(name: &'static str, metadata: &tonic::metadata::MetadataMap) -> tracing::Span {
+/// The client's trace context of a call: None while traces are off or when it sent none. Read
+/// only for callers already authenticated (a client's `traceparent` chooses the trace id and,
+/// with the default parent-based sampler, whether it is recorded).
+pub fn parent(metadata: &tonic::metadata::MetadataMap) -> Option<opentelemetry::Context> {
+    if !enabled() || metadata.get("traceparent").is_none() {
+        return None;
+    }
+    Some(TraceContextPropagator::new().extract(&Metadata(metadata)))
+}
+
+/// The server span of one publish: a child of the client's context, if it sent one.
+pub fn call_span(name: &'static str, parent: Option<&opentelemetry::Context>) -> tracing::Span {
     if !enabled() {
         return tracing::Span::none();
     }
     let span = tracing::info_span!("call", otel.name = name, otel.kind = "server");
-    let parent = TraceContextPropagator::new().extract(&Metadata(metadata));
-    let _ = span.set_parent(parent);
+    if let Some(cx) = parent {
+        let _ = span.set_parent(cx.clone());
+    }
     span
 }
 

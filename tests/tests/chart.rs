@@ -247,16 +247,20 @@ async fn the_api_server_accepts_every_rendered_object_and_example() {
     kubectl(&kc, &["create", "namespace", "relay"], None);
     for values in [None, Some("examples/values-production.yaml")] {
         let (yaml, docs) = render(&values.map(|v| vec!["-f", v]).unwrap_or_default());
-        // The ServiceMonitor needs the Prometheus operator's CRD, which this API server lacks.
+        // The Prometheus operator's kinds need its CRDs, which this API server lacks.
+        const PROMETHEUS_OPERATOR: [&str; 3] = ["ServiceMonitor", "PodMonitor", "PrometheusRule"];
         let kinds: Vec<_> = docs.iter().map(|d| d["kind"].as_str().unwrap().to_owned()).collect();
-        let applicable: Vec<&str> = yaml.split("\n---").filter(|d| !d.contains("kind: ServiceMonitor")).collect();
+        let applicable: Vec<&str> = yaml
+            .split("\n---")
+            .filter(|d| !PROMETHEUS_OPERATOR.iter().any(|k| d.contains(&format!("kind: {k}"))))
+            .collect();
         let out = kubectl(
             &kc,
             &["apply", "--server-side", "--dry-run=server", "-n", "relay", "-f", "-"],
             Some(&applicable.join("\n---")),
         );
         let applied = out.lines().count();
-        let expected = kinds.iter().filter(|k| *k != "ServiceMonitor").count();
+        let expected = kinds.iter().filter(|k| !PROMETHEUS_OPERATOR.contains(&k.as_str())).count();
         assert_eq!(applied, expected, "every object accepted ({values:?}):\n{out}");
     }
     let out = kubectl(

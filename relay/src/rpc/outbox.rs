@@ -126,9 +126,12 @@ fn drain(
         };
         match item {
             // The permit, if any, goes with the event: its room is free again.
-            Some((event, _permit)) => {
+            Some((event, permit)) => {
                 if let Some(crate::proto::subscribe_response::Event::Message(m)) = &event.event {
-                    crate::metrics::delivered(m.ts);
+                    // Latency only for live broadcast and perUser messages: history pages (sent
+                    // with a permit) and queue messages (which wait for a worker) are old by design.
+                    let live = permit.is_none() && !m.needs_ack;
+                    crate::metrics::delivered(live.then_some(m.ts));
                 }
                 Some((Ok(event), st))
             }

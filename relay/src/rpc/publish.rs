@@ -24,16 +24,13 @@ const MAX_IDEMPOTENCY_KEY: usize = 128;
 const IDLE_TTL: u64 = 7 * 24 * 3600;
 
 pub async fn publish(relay: &Relay, req: Request<PublishRequest>) -> Result<PublishResponse> {
-    let span = crate::telemetry::call_span("relay.publish", req.metadata());
-    async move {
-        let started = Instant::now();
-        let user = relay.authenticate(&req).await?.user;
-        let message = publish_as(relay, user, req.into_inner()).await?;
-        crate::metrics::observe_publish(started.elapsed());
-        Ok(PublishResponse { message: Some(message.into()) })
-    }
-    .instrument(span)
-    .await
+    let started = Instant::now();
+    let user = relay.authenticate(&req).await?.user;
+    // Traced once the caller is known: an unauthenticated call makes no span.
+    let span = crate::telemetry::call_span("relay.publish", crate::telemetry::parent(req.metadata()).as_ref());
+    let message = publish_as(relay, user, req.into_inner()).instrument(span).await?;
+    crate::metrics::observe_publish(started.elapsed());
+    Ok(PublishResponse { message: Some(message.into()) })
 }
 
 /// Publishes for a verified user: what Publish and each message of PublishStream do.
@@ -96,6 +93,7 @@ pub async fn publish_as(relay: &Relay, user: crate::auth::User, req: PublishRequ
         // Subscribers drop the copy by seq; JetStream drops it by message id.
         message = appended.message;
         if !appended.replicated {
+            crate::metrics::backend_error("history store");
             // Not announced: a failover could still take it back. The retry finds it stored.
             return Err(Error::Retry(format!(
                 "stored as seq {} but not yet on enough Redis replicas (it may still be delivered); retry with the same idempotency key",
@@ -107,6 +105,7 @@ pub async fn publish_as(relay: &Relay, user: crate::auth::User, req: PublishRequ
             .await;
         if let Err(e) = published {
             tracing::debug!(channel = %message.channelid, seq = message.seq, error = %e, "stored but not published; publishing again in the background");
+            crate::metrics::backend_error("message bus");
             let seq = message.seq;
             republisher.push(message, jetstream);
             return Err(Error::Retry(format!(

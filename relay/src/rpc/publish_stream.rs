@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tonic::{Request, Status, Streaming};
+use tracing::Instrument;
 
 use crate::Relay;
 use crate::auth::User;
@@ -52,6 +53,8 @@ pub async fn publish_stream(
         return Err(Error::ShuttingDown);
     }
     let caller = relay.authenticate(&req).await?;
+    // Every publish of the call is a span in the client's trace, if it sent one.
+    let parent = crate::telemetry::parent(req.metadata());
     let stream = relay.streams.open(&caller.user.id, &caller.token, caller.expires)?;
     let started = PublishStreamStarted { stream_id: stream.id.clone(), token_expires: caller.expires };
     let started = PublishStreamResponse { r#ref: 0, result: Some(publish_stream_response::Result::Started(started)) };
@@ -60,7 +63,7 @@ pub async fn publish_stream(
     tx.try_send(Ok(started)).expect("room for the first response");
     crate::metrics::streams().inc();
     tokio::spawn(async move {
-        let code = run(&relay, &stream, caller.user, req.into_inner(), &tx).await;
+        let code = run(&relay, &stream, caller.user, parent, req.into_inner(), &tx).await;
         crate::metrics::streams().dec();
         crate::metrics::rpc("PublishStream", code);
     });
@@ -74,6 +77,7 @@ async fn run(
     relay: &Arc<Relay>,
     stream: &Stream,
     user: User,
+    parent: Option<opentelemetry::Context>,
     mut requests: Streaming<PublishStreamRequest>,
     tx: &mpsc::Sender<Answer>,
 ) -> tonic::Code {
@@ -136,7 +140,8 @@ async fn run(
                     let bytes = request.publish.as_ref().map_or(0, |p| p.text.len());
                     held_bytes += bytes;
                     let (relay, user) = (relay.clone(), user.clone());
-                    running.spawn(async move { (bytes, one(&relay, user, request).await) });
+                    let span = crate::telemetry::call_span("relay.publish", parent.as_ref());
+                    running.spawn(async move { (bytes, one(&relay, user, request).await) }.instrument(span));
                 }
                 // The client has sent everything.
                 Ok(None) => reading = false,

@@ -115,6 +115,8 @@ impl Lane {
                     let _ = bounded("jetstream term", acker.ack_with(AckKind::Term)).await;
                     continue;
                 };
+                crate::telemetry::delivery_span(msg.headers.as_ref(), &message.channelid, message.seq)
+                    .in_scope(|| tracing::debug!(redelivered, "delivering to a queue worker"));
                 self.pending.lock().expect("lane lock").insert((message.epoch.clone(), message.seq), acker);
                 if redelivered > 0 {
                     crate::metrics::redelivered();

@@ -8,7 +8,7 @@
 //! What is traced: each Publish (a span `relay.publish`, child of the client's W3C `traceparent`
 //! when the call carries one, with `redis.append` and `nats.publish` inside); the trace context
 //! goes on with the message in its NATS headers, and every relay that hands the message to its
-//! streams records `relay.deliver` in the same trace. So one trace shows a message from the
+//! streams (broadcast, perUser or a queue worker) records `relay.deliver` in the same trace. So one trace shows a message from the
 //! publisher to every relay that delivered it. While traces are off, none of this costs anything:
 //! no span is made and no header is added.
 

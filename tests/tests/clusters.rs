@@ -74,7 +74,12 @@ async fn a_replicated_stream_is_placed_on_three_nodes_and_its_leader_reported_an
     assert_eq!(outcome.stream.placement[0], leader);
 
     let mut c = stack.client(0).await;
-    c.publish(&alice.token, &ch, "before").await.unwrap();
+    // A stream just made on a cluster may take a moment to take publishes: retried with its key.
+    let started = std::time::Instant::now();
+    while let Err(e) = c.publish_with_key(&alice.token, &ch, "before", "before").await {
+        assert!(e.code() == tonic::Code::Unavailable && started.elapsed() < Duration::from_secs(30), "{e:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // The leader's node dies: the other two elect a new one and publishing goes on.
     let i: usize = leader.trim_start_matches('n').parse().unwrap();
     stack.nats.node(i).stop().await;

@@ -97,6 +97,26 @@ async fn one_trace_follows_a_message_from_the_publishing_relay_to_the_delivering
     assert_eq!(publish.3, hex(parent), "the publish continues the client's span");
     assert_ne!(publish.0, deliver.0, "published on one relay, delivered by the other: {spans:?}");
     assert!(!publish.0.is_empty(), "{spans:?}");
+
+    // A queue channel: the worker's relay continues the trace when it hands the message over.
+    let jobs = unique("jobs");
+    stack.declare_spec(&jobs, serde_json::json!({"delivery": "queue", "limits": {"publishPerSecondPerUser": 0}})).await;
+    let mut worker = stack.client(1).await.subscribe(&alice.token, &[(&jobs, None)]).await.unwrap();
+    let queue_trace = "5bf92f3577b34da6a3ce929d0e0e4737";
+    let mut req = tonic::Request::new(relay::proto::PublishRequest {
+        channelid: jobs.clone(),
+        text: "work".into(),
+        idempotency_key: String::new(),
+    });
+    req.metadata_mut().insert("authorization", format!("Bearer {}", alice.token).parse().unwrap());
+    req.metadata_mut().insert("traceparent", format!("00-{queue_trace}-{parent}-01").parse().unwrap());
+    client.publish(req).await.unwrap();
+    assert_eq!(worker.messages(1, Duration::from_secs(10)).await[0].text, "work");
+    let queue_trace = hex(queue_trace);
+    eventually(Duration::from_secs(20), "the queue delivery in the publisher's trace", || async {
+        receiver.0.lock().unwrap().iter().any(|s| s.2 == queue_trace && s.1 == "relay.deliver")
+    })
+    .await;
 }
 
 fn hex(s: &str) -> Vec<u8> {

@@ -40,7 +40,11 @@ pub async fn run(
             msg = sub.next() => {
                 let msg = msg.ok_or_else(|| Error::unavailable("nats", "subscription closed"))?;
                 match WireMessage::from_json(&msg.payload) {
-                    Ok(m) if m.channelid == ch => share.push(m, Instant::now()),
+                    Ok(m) if m.channelid == ch => {
+                        crate::telemetry::delivery_span(msg.headers.as_ref(), &m.channelid, m.seq)
+                            .in_scope(|| tracing::debug!("delivering to a perUser stream"));
+                        share.push(m, Instant::now())
+                    }
                     _ => {
                         crate::metrics::dropped("not_a_relay_message");
                         continue;

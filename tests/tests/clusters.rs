@@ -9,14 +9,42 @@ use relay_tests::{Position, RedisTopology, Stack, StackOptions, unique};
 
 const T: Duration = Duration::from_secs(10);
 
-async fn publish_and_receive(stack: &Stack) {
-    let alice = stack.pocketbase.create_user("alice").await;
-    let ch = unique("room");
+/// A channel without a rate limit, and a stream on relay 1 reading it from the start.
+async fn channel_with_reader(stack: &Stack, token: &str, prefix: &str) -> (String, relay_tests::Sub) {
+    let ch = unique(prefix);
     let mut settings = ChannelSettings::default();
     settings.limits.publish_per_second_per_user = 0;
     stack.declare(&ch, &settings).await;
-    let mut sub = stack.client(1).await.subscribe(&alice.token, &[(&ch, Some(Position::SinceSeq(0)))]).await.unwrap();
+    let mut sub = stack.client(1).await.subscribe(token, &[(&ch, Some(Position::SinceSeq(0)))]).await.unwrap();
     assert!(sub.recovery().await.recovered);
+    (ch, sub)
+}
+
+/// Publishes with an idempotency key until it is acknowledged, as clients are told to: an attempt
+/// answered UNAVAILABLE may still be stored and announced later, and its retry must not count
+/// twice. Anything but UNAVAILABLE, or no acknowledgement within 30 s, fails the test.
+async fn publish_until_acknowledged(
+    c: &mut relay_tests::Client,
+    token: &str,
+    ch: &str,
+    key: &str,
+    text: &str,
+) -> relay::proto::Message {
+    let started = std::time::Instant::now();
+    loop {
+        match c.publish_with_key(token, ch, text, key).await {
+            Ok(m) => return m,
+            Err(e) if e.code() == tonic::Code::Unavailable && started.elapsed() < Duration::from_secs(30) => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("publishing {key} never came back: {e:?}"),
+        }
+    }
+}
+
+async fn publish_and_receive(stack: &Stack) {
+    let alice = stack.pocketbase.create_user("alice").await;
+    let (ch, mut sub) = channel_with_reader(stack, &alice.token, "room").await;
     let mut c = stack.client(0).await;
     let mut sent = Vec::new();
     for i in 0..20 {
@@ -74,28 +102,13 @@ async fn a_replicated_stream_is_placed_on_three_nodes_and_its_leader_reported_an
     assert_eq!(outcome.stream.placement[0], leader);
 
     let mut c = stack.client(0).await;
-    // A stream just made on a cluster may take a moment to take publishes: retried with its key.
-    let started = std::time::Instant::now();
-    while let Err(e) = c.publish_with_key(&alice.token, &ch, "before", "before").await {
-        assert!(e.code() == tonic::Code::Unavailable && started.elapsed() < Duration::from_secs(30), "{e:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // A stream just made on a cluster may take a moment to take publishes.
+    publish_until_acknowledged(&mut c, &alice.token, &ch, "before", "before").await;
     // The leader's node dies: the other two elect a new one and publishing goes on.
     let i: usize = leader.trim_start_matches('n').parse().unwrap();
     stack.nats.node(i).stop().await;
     let started = std::time::Instant::now();
-    // Retried with its idempotency key, as clients are told to: an attempt answered UNAVAILABLE
-    // after its append is announced later by the republisher, and must not count twice.
-    loop {
-        match c.publish_with_key(&alice.token, &ch, "after", "after").await {
-            Ok(_) => break,
-            Err(e) if e.code() == tonic::Code::Unavailable => {
-                assert!(started.elapsed() < Duration::from_secs(30), "publishing never came back: {e:?}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(e) => panic!("{e:?}"),
-        }
-    }
+    publish_until_acknowledged(&mut c, &alice.token, &ch, "after", "after").await;
     println!("publishing again {:?} after the stream leader's node died", started.elapsed());
     let outcome = stack.declare_spec(&ch, spec).await;
     let moved = outcome.stream.leader.clone().expect("a new leader");
@@ -115,12 +128,7 @@ async fn a_publish_its_replicas_do_not_confirm_is_not_acknowledged_until_a_retry
     )
     .await;
     let alice = stack.pocketbase.create_user("alice").await;
-    let ch = unique("orders");
-    let mut settings = ChannelSettings::default();
-    settings.limits.publish_per_second_per_user = 0;
-    stack.declare(&ch, &settings).await;
-    let mut sub = stack.client(1).await.subscribe(&alice.token, &[(&ch, Some(Position::SinceSeq(0)))]).await.unwrap();
-    assert!(sub.recovery().await.recovered);
+    let (ch, mut sub) = channel_with_reader(&stack, &alice.token, "orders").await;
     let mut c = stack.client(0).await;
     let first = c.publish_with_key(&alice.token, &ch, "k1", "one").await.unwrap();
     assert_eq!(sub.messages(1, T).await, vec![first.clone()]);
@@ -139,13 +147,7 @@ async fn a_publish_its_replicas_do_not_confirm_is_not_acknowledged_until_a_retry
 
     // The replica is back: the retry finds the message stored, waits again, and it goes out once.
     stack.redis.node(1).resume();
-    let second = loop {
-        match c.publish_with_key(&alice.token, &ch, "k2", "two").await {
-            Ok(m) => break m,
-            Err(e) if e.code() == tonic::Code::Unavailable => tokio::time::sleep(Duration::from_millis(100)).await,
-            Err(e) => panic!("{e:?}"),
-        }
-    };
+    let second = publish_until_acknowledged(&mut c, &alice.token, &ch, "two", "k2").await;
     assert_eq!(second.seq, first.seq + 1);
     assert_eq!(sub.messages(1, T).await, vec![second]);
 }

@@ -72,14 +72,7 @@ async fn one_trace_follows_a_message_from_the_publishing_relay_to_the_delivering
     let parent = "00f067aa0ba902b7";
     let channel = tonic::transport::Channel::from_shared(stack.relays[0].addr()).unwrap().connect().await.unwrap();
     let mut client = relay::proto::relay_service_client::RelayServiceClient::new(channel);
-    let mut req = tonic::Request::new(relay::proto::PublishRequest {
-        channelid: ch.clone(),
-        text: "follow me".into(),
-        idempotency_key: String::new(),
-    });
-    req.metadata_mut().insert("authorization", format!("Bearer {}", alice.token).parse().unwrap());
-    req.metadata_mut().insert("traceparent", format!("00-{trace_id}-{parent}-01").parse().unwrap());
-    client.publish(req).await.unwrap();
+    client.publish(traced(&alice.token, &ch, "follow me", trace_id, parent)).await.unwrap();
     assert_eq!(sub.messages(1, Duration::from_secs(10)).await[0].text, "follow me");
 
     let trace = hex(trace_id);
@@ -103,20 +96,31 @@ async fn one_trace_follows_a_message_from_the_publishing_relay_to_the_delivering
     stack.declare_spec(&jobs, serde_json::json!({"delivery": "queue", "limits": {"publishPerSecondPerUser": 0}})).await;
     let mut worker = stack.client(1).await.subscribe(&alice.token, &[(&jobs, None)]).await.unwrap();
     let queue_trace = "5bf92f3577b34da6a3ce929d0e0e4737";
-    let mut req = tonic::Request::new(relay::proto::PublishRequest {
-        channelid: jobs.clone(),
-        text: "work".into(),
-        idempotency_key: String::new(),
-    });
-    req.metadata_mut().insert("authorization", format!("Bearer {}", alice.token).parse().unwrap());
-    req.metadata_mut().insert("traceparent", format!("00-{queue_trace}-{parent}-01").parse().unwrap());
-    client.publish(req).await.unwrap();
+    client.publish(traced(&alice.token, &jobs, "work", queue_trace, parent)).await.unwrap();
     assert_eq!(worker.messages(1, Duration::from_secs(10)).await[0].text, "work");
     let queue_trace = hex(queue_trace);
     eventually(Duration::from_secs(20), "the queue delivery in the publisher's trace", || async {
         receiver.0.lock().unwrap().iter().any(|s| s.2 == queue_trace && s.1 == "relay.deliver")
     })
     .await;
+}
+
+/// A Publish request carrying the client's W3C trace context (sampled).
+fn traced(
+    token: &str,
+    channel: &str,
+    text: &str,
+    trace_id: &str,
+    parent: &str,
+) -> tonic::Request<relay::proto::PublishRequest> {
+    let mut req = tonic::Request::new(relay::proto::PublishRequest {
+        channelid: channel.into(),
+        text: text.into(),
+        idempotency_key: String::new(),
+    });
+    req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    req.metadata_mut().insert("traceparent", format!("00-{trace_id}-{parent}-01").parse().unwrap());
+    req
 }
 
 fn hex(s: &str) -> Vec<u8> {

@@ -14,5 +14,7 @@ pub mod settings;
 pub mod wire;
 
 pub use id::{ChannelId, InvalidChannelId};
-pub use settings::{Access, AccessRule, ChannelSettings, Delivery, HistorySettings, Limits, QueueSettings};
-pub use wire::WireMessage;
+pub use settings::{
+    Access, AccessRule, ChannelSettings, Delivery, HistorySettings, Limits, PresenceSettings, QueueSettings,
+};
+pub use wire::{LiveEvent, WireMessage};

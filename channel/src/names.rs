@@ -45,6 +45,19 @@ pub fn queue_consumer(channel: &str) -> String {
     format!("relay-queue-{hash:016x}")
 }
 
+/// NATS subject of a channel's live-only events (Join, Leave, ephemeral messages): beside the
+/// channel's messages but outside `events.>`, so no JetStream stream captures them.
+pub fn live_subject(channel: &str) -> String {
+    format!("relay.live.{channel}")
+}
+
+/// Redis keys of a channel's presence (all under its hash tag): `exp`, a sorted set of stream ids
+/// scored by when their entry expires (ms); `conn`, a hash stream id -> user id; `users`, a hash
+/// user id -> streams open; `info`, a hash user id -> JSON (name, since).
+pub fn presence_key(channel: &str, part: &str) -> String {
+    format!("relay:{{{channel}}}:presence:{part}")
+}
+
 /// Redis stream holding a channel's history; entry ids are `<seq>-0`.
 pub fn history_key(channel: &str) -> String {
     format!("relay:{{{channel}}}:history")
@@ -84,5 +97,7 @@ mod tests {
         assert_eq!(settings_key("chat"), "relay:{chat}:config");
         assert_eq!(meta_key("chat"), "relay:{chat}:meta");
         assert_eq!(idempotency_key("chat", "u1", "k"), "relay:{chat}:idem:u1:k");
+        assert_eq!(live_subject("chat.x"), "relay.live.chat.x");
+        assert_eq!(presence_key("chat", "exp"), "relay:{chat}:presence:exp");
     }
 }

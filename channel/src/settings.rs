@@ -15,6 +15,8 @@ pub struct ChannelSettings {
     pub limits: Limits,
     /// Queue delivery: acks and redelivery.
     pub queue: QueueSettings,
+    /// Who is here: presence, join/leave events.
+    pub presence: PresenceSettings,
     /// The JetStream stream capturing this channel's subjects, when the operator made one: publishes
     /// then wait for its ack.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -40,6 +42,7 @@ impl Default for ChannelSettings {
             access: Access::default(),
             limits: Limits::default(),
             queue: QueueSettings::default(),
+            presence: PresenceSettings::default(),
             stream: None,
             queue_consumer: None,
             owner: None,
@@ -92,6 +95,25 @@ impl Default for QueueSettings {
     }
 }
 
+/// Presence: which users have a Subscribe stream open on the channel, kept in Redis across replicas.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct PresenceSettings {
+    /// Streams are counted (Presence, PresenceStats).
+    pub enabled: bool,
+    /// Streams get Join and Leave events (once per user).
+    pub join_leave: bool,
+    /// Seconds a stream's entry lives without a refresh: how long the members of a replica that
+    /// died stay listed.
+    pub ttl_secs: u64,
+}
+
+impl Default for PresenceSettings {
+    fn default() -> Self {
+        Self { enabled: false, join_leave: false, ttl_secs: 60 }
+    }
+}
+
 /// Who may publish and who may subscribe.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -131,11 +153,20 @@ pub struct Limits {
     pub max_message_bytes: u32,
     /// Per user and channel, on each relay replica; 0 turns the limit off.
     pub publish_per_second_per_user: u32,
+    /// Ephemeral publishes (delivered live, never stored) are allowed.
+    pub allow_ephemeral: bool,
+    /// Ephemeral publishes per user and channel, on each relay replica; 0 turns the limit off.
+    pub ephemeral_per_second_per_user: u32,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_message_bytes: 4096, publish_per_second_per_user: 20 }
+        Self {
+            max_message_bytes: 4096,
+            publish_per_second_per_user: 20,
+            allow_ephemeral: false,
+            ephemeral_per_second_per_user: 10,
+        }
     }
 }
 

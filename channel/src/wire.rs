@@ -32,6 +32,36 @@ impl WireMessage {
     }
 }
 
+/// What travels on a channel's live subject ([`crate::names::live_subject`]): events delivered to
+/// the streams open at that moment and never stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+pub enum LiveEvent {
+    /// A user's first stream on the channel opened.
+    Join { channelid: String, userid: String, username: String },
+    /// A user's last stream on the channel ended (or its entry expired).
+    Leave { channelid: String, userid: String, username: String },
+    /// An ephemeral message: `seq` is 0 and `epoch` empty, it is in no history.
+    Ephemeral(WireMessage),
+}
+
+impl LiveEvent {
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a struct of strings and integers always serializes")
+    }
+
+    pub fn from_json(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+
+    pub fn channel(&self) -> &str {
+        match self {
+            LiveEvent::Join { channelid, .. } | LiveEvent::Leave { channelid, .. } => channelid,
+            LiveEvent::Ephemeral(m) => &m.channelid,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -57,5 +87,28 @@ mod tests {
         let json = with_epoch.to_json();
         assert!(String::from_utf8(json.clone()).unwrap().contains(r#""epoch":"e1""#));
         assert_eq!(WireMessage::from_json(&json).unwrap(), with_epoch);
+    }
+
+    #[test]
+    fn live_events_are_tagged() {
+        let join = LiveEvent::Join { channelid: "c".into(), userid: "u".into(), username: "U".into() };
+        let json = String::from_utf8(join.to_json()).unwrap();
+        assert_eq!(json, r#"{"kind":"join","channelid":"c","userid":"u","username":"U"}"#);
+        assert_eq!(LiveEvent::from_json(json.as_bytes()).unwrap(), join);
+        let m = WireMessage {
+            channelid: "c".into(),
+            userid: "u".into(),
+            username: String::new(),
+            text: "typing".into(),
+            ts: 1,
+            seq: 0,
+            id: "x".into(),
+            epoch: String::new(),
+        };
+        let eph = LiveEvent::Ephemeral(m);
+        assert!(String::from_utf8(eph.to_json()).unwrap().starts_with(r#"{"kind":"ephemeral","channelid":"c""#));
+        assert_eq!(LiveEvent::from_json(&eph.to_json()).unwrap(), eph);
+        assert_eq!(eph.channel(), "c");
+        assert!(LiveEvent::from_json(br#"{"kind":"nope"}"#).is_err());
     }
 }

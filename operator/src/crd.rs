@@ -57,6 +57,10 @@ pub struct RelayChannelSpec {
     /// Queue delivery: how long a subscriber may hold a message unacked, and how many at once.
     #[serde(default)]
     pub queue: QueueSpec,
+    /// Who is here: members counted across replicas (Presence, PresenceStats), and Join/Leave
+    /// events on Subscribe streams.
+    #[serde(default)]
+    pub presence: PresenceSpec,
     /// Delete removes the stream and the history with the resource; Retain keeps them.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
@@ -190,6 +194,15 @@ pub struct LimitsSpec {
     #[serde(default = "default_rate")]
     #[schemars(range(min = 0, max = 100_000))]
     pub publish_per_second_per_user: i32,
+    /// Allow ephemeral publishes: delivered to the streams open at that moment, never stored, no
+    /// seq (typing indicators, cursors). Refused with PERMISSION_DENIED otherwise.
+    #[serde(default)]
+    pub allow_ephemeral: bool,
+    /// Ephemeral publishes per user, on each relay replica, shared by the channel and its
+    /// sub-channels; 0 for no limit.
+    #[serde(default = "default_ephemeral_rate")]
+    #[schemars(range(min = 0, max = 100_000))]
+    pub ephemeral_per_second_per_user: i32,
 }
 
 fn default_max_message_bytes() -> i32 {
@@ -198,10 +211,48 @@ fn default_max_message_bytes() -> i32 {
 fn default_rate() -> i32 {
     20
 }
+fn default_ephemeral_rate() -> i32 {
+    10
+}
 
 impl Default for LimitsSpec {
     fn default() -> Self {
-        Self { max_message_bytes: default_max_message_bytes(), publish_per_second_per_user: default_rate() }
+        Self {
+            max_message_bytes: default_max_message_bytes(),
+            publish_per_second_per_user: default_rate(),
+            allow_ephemeral: false,
+            ephemeral_per_second_per_user: default_ephemeral_rate(),
+        }
+    }
+}
+
+/// Presence lives in Redis under the channel's hash tag: one entry per open Subscribe stream,
+/// refreshed by its relay before `ttl` runs out. A stream that ends counts a few seconds longer, so
+/// that a reconnect (to any replica) is not a leave and a join.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!self.joinLeave || self.enabled").message("presence.joinLeave needs presence.enabled"))]
+pub struct PresenceSpec {
+    /// Count who is subscribed (Presence and PresenceStats answer; otherwise FAILED_PRECONDITION).
+    #[serde(default)]
+    pub enabled: bool,
+    /// Send Join and Leave events on Subscribe streams, once per user.
+    #[serde(default)]
+    pub join_leave: bool,
+    /// How long a stream's entry lives without a refresh, e.g. 60s (5s to 1h): how long the members
+    /// of a relay that died stay listed. Relays refresh every third of it.
+    #[serde(default = "default_presence_ttl")]
+    #[schemars(regex(pattern = DURATION))]
+    pub ttl: String,
+}
+
+fn default_presence_ttl() -> String {
+    "60s".into()
+}
+
+impl Default for PresenceSpec {
+    fn default() -> Self {
+        Self { enabled: false, join_leave: false, ttl: default_presence_ttl() }
     }
 }
 

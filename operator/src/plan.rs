@@ -19,6 +19,8 @@ pub enum SpecError {
     Duration { field: &'static str, value: String },
     #[error("{field}: {value:?} is not a size like 512Mi or 1Gi")]
     Size { field: &'static str, value: String },
+    #[error("{field}: {value:?} is outside {range}")]
+    Range { field: &'static str, value: String, range: String },
     #[error("the name {0:?} is not a channel id: {1}")]
     Name(String, relay_channel::InvalidChannelId),
     /// A nested declaration asks for stream settings its tree's stream does not have.
@@ -140,6 +142,13 @@ pub fn desired(name: &str, spec: &RelayChannelSpec, declared: &[Declared]) -> Re
         limits: relay_channel::Limits {
             max_message_bytes: spec.limits.max_message_bytes.max(1) as u32,
             publish_per_second_per_user: spec.limits.publish_per_second_per_user.max(0) as u32,
+            allow_ephemeral: spec.limits.allow_ephemeral,
+            ephemeral_per_second_per_user: spec.limits.ephemeral_per_second_per_user.max(0) as u32,
+        },
+        presence: relay_channel::PresenceSettings {
+            enabled: spec.presence.enabled,
+            join_leave: spec.presence.join_leave && spec.presence.enabled,
+            ttl_secs: presence_ttl(&spec.presence.ttl)?,
         },
         queue: relay_channel::QueueSettings {
             ack_wait_secs: ack_wait.as_secs(),
@@ -151,6 +160,22 @@ pub fn desired(name: &str, spec: &RelayChannelSpec, declared: &[Declared]) -> Re
         not_ready: None,
     };
     Ok(Desired { stream, stream_explicit, queue_consumer, settings })
+}
+
+/// Presence entries live 5 s to an hour: shorter would cost a refresh every second or two per
+/// stream, longer would list the members of a dead relay for over an hour.
+const PRESENCE_TTL: std::ops::RangeInclusive<u64> = 5..=3600;
+
+fn presence_ttl(raw: &str) -> Result<u64, SpecError> {
+    let secs = whole_seconds(duration("presence.ttl", raw)?);
+    if !PRESENCE_TTL.contains(&secs) {
+        return Err(SpecError::Range {
+            field: "presence.ttl",
+            value: raw.to_owned(),
+            range: format!("{}s to {}s", PRESENCE_TTL.start(), PRESENCE_TTL.end()),
+        });
+    }
+    Ok(secs)
 }
 
 /// The stream of the tree under `root`: every channel under it, with the leader's limits.
@@ -341,6 +366,34 @@ mod tests {
 
         spec.history.max_age = "soon".into();
         assert!(matches!(alone("x", &spec), Err(SpecError::Duration { field: "history.maxAge", .. })));
+    }
+
+    #[test]
+    fn presence_and_ephemeral_settings() {
+        let d = alone("chat", &spec(serde_json::json!({}))).unwrap();
+        assert_eq!(d.settings.presence, relay_channel::PresenceSettings::default());
+        assert!(!d.settings.limits.allow_ephemeral);
+        let s = spec(serde_json::json!({
+            "presence": {"enabled": true, "joinLeave": true, "ttl": "30s"},
+            "limits": {"allowEphemeral": true, "ephemeralPerSecondPerUser": 3},
+        }));
+        let d = alone("chat", &s).unwrap();
+        let want = relay_channel::PresenceSettings { enabled: true, join_leave: true, ttl_secs: 30 };
+        assert_eq!(d.settings.presence, want);
+        assert!(d.settings.limits.allow_ephemeral);
+        assert_eq!(d.settings.limits.ephemeral_per_second_per_user, 3);
+        // joinLeave without enabled (the schema refuses it too) means nothing.
+        let s = spec(serde_json::json!({"presence": {"joinLeave": true}}));
+        assert!(!alone("chat", &s).unwrap().settings.presence.join_leave);
+        for (ttl, ok) in [("1s", false), ("5s", true), ("1h", true), ("2h", false), ("soon", false)] {
+            let s = spec(serde_json::json!({"presence": {"enabled": true, "ttl": ttl}}));
+            let d = alone("chat", &s);
+            assert_eq!(d.is_ok(), ok, "{ttl}: {d:?}");
+            if let Err(e) = d {
+                assert_eq!(e.reason(), "InvalidSpec");
+                assert!(e.to_string().contains("presence.ttl"), "{e}");
+            }
+        }
     }
 
     #[test]

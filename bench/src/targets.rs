@@ -130,7 +130,8 @@ impl PublishStream {
         let r#ref = self.next_ref.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.waiting.lock().expect("waiting").insert(r#ref, tx);
-        let publish = PublishRequest { channelid: channel.into(), text, idempotency_key: String::new() };
+        let publish =
+            PublishRequest { channelid: channel.into(), text, idempotency_key: String::new(), ephemeral: false };
         self.requests.send(PublishStreamRequest { r#ref, publish: Some(publish) })?;
         match rx.await {
             Ok(None) => Ok(()),
@@ -193,7 +194,7 @@ impl RelayTarget {
             return self.streams[i % self.streams.len()].publish(channel, text).await;
         }
         let mut client = self.publishers[i % self.publishers.len()].clone();
-        let req = PublishRequest { channelid: channel.into(), text, idempotency_key: String::new() };
+        let req = PublishRequest { channelid: channel.into(), text, idempotency_key: String::new(), ephemeral: false };
         client.publish(self.request(req)).await?;
         Ok(())
     }

@@ -23,6 +23,9 @@ pub enum Error {
     NotFound(String),
     #[error("{0}")]
     ResourceExhausted(String),
+    /// The channel is not set up for this call (e.g. presence is off): asking again will not help.
+    #[error("{0}")]
+    FailedPrecondition(String),
     /// A dependency (PocketBase, Redis, NATS) failed or is down: the client should retry.
     #[error("{what}: {source}")]
     Unavailable { what: &'static str, source: Box<dyn std::error::Error + Send + Sync> },
@@ -59,6 +62,7 @@ impl Error {
             Error::InvalidArgument(m) => Error::InvalidArgument(m.clone()),
             Error::NotFound(m) => Error::NotFound(m.clone()),
             Error::ResourceExhausted(m) => Error::ResourceExhausted(m.clone()),
+            Error::FailedPrecondition(m) => Error::FailedPrecondition(m.clone()),
             Error::Unavailable { what, source } => Error::unavailable(what, source.to_string()),
             Error::Retry(m) => Error::Retry(m.clone()),
             Error::ShuttingDown => Error::ShuttingDown,
@@ -73,6 +77,7 @@ impl Error {
             Code::InvalidArgument => Error::InvalidArgument(message),
             Code::NotFound => Error::NotFound(message),
             Code::ResourceExhausted => Error::ResourceExhausted(message),
+            Code::FailedPrecondition => Error::FailedPrecondition(message),
             _ => Error::Retry(message),
         }
     }
@@ -92,6 +97,7 @@ impl From<Error> for Status {
             Error::InvalidArgument(_) => Code::InvalidArgument,
             Error::NotFound(_) => Code::NotFound,
             Error::ResourceExhausted(_) => Code::ResourceExhausted,
+            Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::Unavailable { .. } | Error::Retry(_) | Error::ShuttingDown => Code::Unavailable,
         };
         let message = match &e {

@@ -7,6 +7,8 @@
 //! - [`store`]: Redis history, `seq`/`ts`/epoch assignment, idempotency;
 //! - [`bus`]: NATS with deadlines and server-confirmed publishes;
 //! - [`hub`]: one NATS subscription per broadcast channel per replica, fanned out in seq order;
+//! - [`live`]: the same for live-only events (Join, Leave, ephemeral messages), coalesced;
+//! - [`presence`]: who is subscribed where, in Redis, across replicas;
 //! - [`order`]: ordering live messages, and markers where that is not possible;
 //! - [`queue`]: at-least-once queue delivery with client acks (JetStream pull consumers);
 //! - [`streams`]: the open Subscribe streams (ids, owners, caps) and [`route`]: calls about a
@@ -24,8 +26,10 @@ pub mod canary;
 pub mod config;
 pub mod error;
 pub mod hub;
+pub mod live;
 pub mod metrics;
 pub mod order;
+pub mod presence;
 pub mod queue;
 pub mod rate;
 pub mod republish;
@@ -57,6 +61,8 @@ pub struct Relay {
     /// Fires after every NATS reconnect: live paths read what they may have missed.
     pub reconnected: tokio::sync::broadcast::Sender<()>,
     pub hub: hub::Hub,
+    pub live: live::Live,
+    pub presence: std::sync::Arc<presence::Presence>,
     pub rate: rate::RateLimiter,
     pub streams: streams::Streams,
     pub republish: std::sync::Arc<republish::Republisher>,

@@ -30,6 +30,8 @@ struct Metrics {
     delivery_seconds: Histogram,
     auth_lookups: Family<Labels, Counter>,
     backend_errors: Family<Labels, Counter>,
+    presence_changes: Family<Labels, Counter>,
+    live_events: Family<Labels, Counter>,
 }
 
 fn metrics() -> &'static Metrics {
@@ -42,7 +44,17 @@ fn metrics() -> &'static Metrics {
 /// start, and every family is in `/metrics` before its first event.
 fn init(m: Metrics) -> Metrics {
     let label = |k: &str, v: &str| vec![(k.to_owned(), v.to_owned())];
-    for method in ["Publish", "PublishStream", "PublishStream.Publish", "Subscribe", "History", "Ack", "RefreshToken"] {
+    for method in [
+        "Publish",
+        "PublishStream",
+        "PublishStream.Publish",
+        "Subscribe",
+        "History",
+        "Ack",
+        "RefreshToken",
+        "Presence",
+        "PresenceStats",
+    ] {
         drop(m.rpcs.get_or_create(&vec![("method".into(), method.into()), ("code".into(), "Ok".into())]));
     }
     for reason in [
@@ -74,6 +86,12 @@ fn init(m: Metrics) -> Metrics {
     }
     for backend in ["message bus", "history store", "authentication service", "relay"] {
         drop(m.backend_errors.get_or_create(&label("backend", backend)));
+    }
+    for kind in ["join", "leave"] {
+        drop(m.presence_changes.get_or_create(&label("kind", kind)));
+    }
+    for kind in ["join", "leave", "ephemeral", "coalesced"] {
+        drop(m.live_events.get_or_create(&label("kind", kind)));
     }
     m
 }
@@ -145,7 +163,21 @@ fn new() -> Metrics {
             "Calls answered UNAVAILABLE because a backend failed, by backend (message bus, history store, authentication service)",
             backend_errors.clone(),
         );
+        let presence_changes = Family::default();
+        registry.register(
+            "presence_changes",
+            "Users joining (first stream) and leaving (last stream ended or expired) channels, as this replica's presence updates found them",
+            presence_changes.clone(),
+        );
+        let live_events = Family::default();
+        registry.register(
+            "live_events",
+            "Live events (join, leave, ephemeral) this replica received for its streams; coalesced: joins and leaves folded into PresenceChanged",
+            live_events.clone(),
+        );
         Metrics {
+            presence_changes,
+            live_events,
             registry,
             delivery_seconds,
             auth_lookups,
@@ -217,6 +249,14 @@ pub fn dropped(reason: &str) {
 /// Counts a marker (messages may be missing), by reason.
 pub fn marker(reason: &str) {
     metrics().markers.get_or_create(&vec![("reason".into(), reason.into())]).inc();
+}
+
+pub fn presence_changes(kind: &str, n: usize) {
+    metrics().presence_changes.get_or_create(&vec![("kind".into(), kind.into())]).inc_by(n as u64);
+}
+
+pub fn live_event(kind: &str) {
+    metrics().live_events.get_or_create(&vec![("kind".into(), kind.into())]).inc();
 }
 
 pub fn redelivered() {

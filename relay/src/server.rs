@@ -90,6 +90,8 @@ pub async fn connect(config: Config) -> anyhow::Result<Arc<Relay>> {
     Ok(Arc::new(Relay {
         settings: settings::SettingsCache::new(store.clone(), config.settings_ttl, config.undeclared_channels),
         hub: hub::Hub::new(bus.clone(), store.clone(), reconnected.clone()),
+        live: crate::live::Live::new(bus.clone()),
+        presence: Arc::new(crate::presence::Presence::new(store.clone(), bus.clone())),
         jetstream: async_nats::jetstream::new(nats),
         rate: rate::RateLimiter::default(),
         streams: streams::Streams::new(config.max_streams_per_user as usize),
@@ -113,6 +115,7 @@ pub async fn serve(relay: Arc<Relay>, listeners: Listeners, signal: impl Future<
     tokio::spawn(follow_settings_changes(relay.clone()));
     tokio::spawn(route::serve(relay.clone()));
     tokio::spawn(crate::canary::run(relay.clone()));
+    tokio::spawn(relay.presence.clone().run(relay.shutdown.clone()));
     if relay.config.nats_ca_file.is_some() {
         let (bus, settings) = (relay.bus.clone(), relay.config.nats());
         tokio::spawn(async move { bus.diagnose(settings).await });
@@ -178,6 +181,11 @@ pub async fn serve(relay: Arc<Relay>, listeners: Listeners, signal: impl Future<
         Err(_) => tracing::warn!(?grace, "calls still running after the grace period"),
     }
     admin.abort();
+    // The streams that ended depart (and count a few seconds more, so their clients' reconnects
+    // to other replicas are no leave and join).
+    if tokio::time::timeout_at(deadline, relay.presence.flush()).await.is_err() {
+        tracing::warn!("presence departures not sent before the grace period ended; they expire with their ttl");
+    }
     if tokio::time::timeout_at(deadline, relay.bus.client.flush()).await.is_err() {
         tracing::warn!("NATS did not take what was queued for it before the grace period ended");
     }

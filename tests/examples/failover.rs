@@ -199,7 +199,8 @@ async fn subscriber(
                     }
                     first = false;
                 }
-                Ok(Event::Heartbeat) => {}
+                // Live-only events: the channel has none, and they are not messages.
+                Ok(_) => {}
                 Err(_) => break,
             }
         }

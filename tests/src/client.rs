@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use relay::proto::relay_service_client::RelayServiceClient;
 use relay::proto::{
-    AckRequest, ChannelSubscription, Cursor, HistoryRequest, HistoryResponse, Message, PublishRequest, Recovery,
+    AckRequest, ChannelSubscription, Cursor, HistoryRequest, HistoryResponse, Join, Leave, Member, Message,
+    PresenceChanged, PresenceRequest, PresenceStatsRequest, PresenceStatsResponse, PublishRequest, Recovery,
     RefreshTokenRequest, SubscribeRequest, SubscribeResponse, cursor::Position, subscribe_response,
 };
 use tonic::transport::Channel;
@@ -57,8 +58,34 @@ impl Client {
         text: &str,
         key: &str,
     ) -> Result<Message, Status> {
-        let req = PublishRequest { channelid: channel.into(), text: text.into(), idempotency_key: key.into() };
+        let req = PublishRequest {
+            channelid: channel.into(),
+            text: text.into(),
+            idempotency_key: key.into(),
+            ephemeral: false,
+        };
         Ok(self.inner.publish(authed(token, req)).await?.into_inner().message.expect("stored message"))
+    }
+
+    /// An ephemeral publish: to the streams open now, never stored.
+    pub async fn publish_ephemeral(&mut self, token: &str, channel: &str, text: &str) -> Result<Message, Status> {
+        let req = PublishRequest {
+            channelid: channel.into(),
+            text: text.into(),
+            idempotency_key: String::new(),
+            ephemeral: true,
+        };
+        Ok(self.inner.publish(authed(token, req)).await?.into_inner().message.expect("published message"))
+    }
+
+    pub async fn presence(&mut self, token: &str, channel: &str) -> Result<Vec<Member>, Status> {
+        let req = PresenceRequest { channelid: channel.into() };
+        Ok(self.inner.presence(authed(token, req)).await?.into_inner().members)
+    }
+
+    pub async fn presence_stats(&mut self, token: &str, channel: &str) -> Result<PresenceStatsResponse, Status> {
+        let req = PresenceStatsRequest { channelid: channel.into() };
+        Ok(self.inner.presence_stats(authed(token, req)).await?.into_inner())
     }
 
     pub async fn history(
@@ -144,6 +171,10 @@ pub enum Event {
     Message(Message),
     Recovery(Recovery),
     Heartbeat,
+    Join(Join),
+    Leave(Leave),
+    Ephemeral(Message),
+    PresenceChanged(PresenceChanged),
 }
 
 /// An open Subscribe stream.
@@ -159,6 +190,10 @@ fn convert(event: subscribe_response::Event) -> Event {
         subscribe_response::Event::Message(m) => Event::Message(m),
         subscribe_response::Event::Recovery(r) => Event::Recovery(r),
         subscribe_response::Event::Heartbeat(_) => Event::Heartbeat,
+        subscribe_response::Event::Join(j) => Event::Join(j),
+        subscribe_response::Event::Leave(l) => Event::Leave(l),
+        subscribe_response::Event::Ephemeral(m) => Event::Ephemeral(m),
+        subscribe_response::Event::PresenceChanged(c) => Event::PresenceChanged(c),
         subscribe_response::Event::Started(s) => panic!("StreamStarted in the middle of a stream: {s:?}"),
     }
 }

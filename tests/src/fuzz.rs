@@ -78,6 +78,7 @@ fn proper(code: Code, message: &str) -> bool {
         | Code::PermissionDenied
         | Code::NotFound
         | Code::ResourceExhausted
+        | Code::FailedPrecondition
         | Code::Unavailable
         | Code::DeadlineExceeded
         | Code::Cancelled => true,
@@ -244,14 +245,15 @@ fn cursor(rng: &mut StdRng) -> Option<Cursor> {
 async fn grpc(client: &Client, tokens: &[String], rng: &mut StdRng) -> (&'static str, Result<(), tonic::Status>) {
     let mut c = client.clone();
     let token = token(rng, tokens);
-    let call = rng.random_range(0..6);
+    let call = rng.random_range(0..8);
     let timeout = Duration::from_millis(if rng.random_bool(0.1) { 1 } else { 2_000 });
     let outcome = tokio::time::timeout(timeout, async {
         match call {
-            0 | 1 => {
+            0 => {
                 let key = pick(rng, &["", "k1", "has space", &"k".repeat(200)]).to_owned();
                 c.publish_with_key(&token, &channel(rng), &text(rng), &key).await.map(|_| ())
             }
+            1 => c.publish_ephemeral(&token, &channel(rng), &text(rng)).await.map(|_| ()),
             2 => {
                 let n = rng.random_range(0..70);
                 let channels: Vec<(String, Option<Cursor>)> = (0..n).map(|_| (channel(rng), cursor(rng))).collect();
@@ -272,24 +274,34 @@ async fn grpc(client: &Client, tokens: &[String], rng: &mut StdRng) -> (&'static
                 let seqs: Vec<u64> = (0..rng.random_range(0..1500)).map(|_| rng.random()).collect();
                 c.ack(&token, stream, &channel(rng), pick(rng, &["", "x", "!!"]), &seqs).await.map(|_| ())
             }
-            _ => {
+            5 => {
                 let stream = pick(rng, &["", "abcdefghij-1", "nonsense", "q-1"]);
                 c.refresh_token(&token, stream).await.map(|_| ())
             }
+            6 => c.presence(&token, &channel(rng)).await.map(|_| ()),
+            _ => c.presence_stats(&token, &channel(rng)).await.map(|_| ()),
         }
     })
     .await;
     let outcome = outcome.unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("client gave up")));
-    (["Publish", "Publish", "Subscribe", "History", "Ack", "RefreshToken"][call], outcome)
+    let methods =
+        ["Publish", "Publish(ephemeral)", "Subscribe", "History", "Ack", "RefreshToken", "Presence", "PresenceStats"];
+    (methods[call], outcome)
 }
 
 /// One raw gRPC-web request over HTTP/1.1; "<http status>/<grpc-status>".
 async fn grpc_web(http: &reqwest::Client, addr: &str, rng: &mut StdRng) -> String {
-    let method = pick(rng, &["Publish", "History", "Subscribe", "Ack", "RefreshToken", "Nope"]);
+    let method =
+        pick(rng, &["Publish", "History", "Subscribe", "Ack", "RefreshToken", "Presence", "PresenceStats", "Nope"]);
     let path =
         if rng.random_bool(0.05) { "/../../etc/passwd".to_owned() } else { format!("/relay.v1.RelayService/{method}") };
-    let valid = proto::PublishRequest { channelid: "fz.web".into(), text: "hi".into(), idempotency_key: String::new() }
-        .encode_to_vec();
+    let valid = proto::PublishRequest {
+        channelid: "fz.web".into(),
+        text: "hi".into(),
+        idempotency_key: String::new(),
+        ephemeral: rng.random_bool(0.3),
+    }
+    .encode_to_vec();
     let mut body = match rng.random_range(0..5) {
         0 => frame(&valid, valid.len() as u32),
         1 => {

@@ -11,6 +11,14 @@ async fn random_and_mutated_requests_get_proper_statuses_and_leave_nothing_behin
     let seed = std::env::var("FUZZ_SEED").map_or(1, |s| s.parse().expect("FUZZ_SEED"));
     let stack =
         Stack::with(StackOptions { relays: 1, ..Default::default() }.env("RELAY_UNDECLARED_CHANNELS", "allow")).await;
+    // `fz` and its sub-channels keep presence and take ephemeral messages; other names are
+    // undeclared (served with defaults: neither).
+    let mut settings = relay_channel::ChannelSettings {
+        presence: relay_channel::PresenceSettings { enabled: true, join_leave: true, ttl_secs: 5 },
+        ..Default::default()
+    };
+    settings.limits.allow_ephemeral = true;
+    stack.declare("fz", &settings).await;
     let users = vec![stack.pocketbase.create_user("fz1").await, stack.pocketbase.create_user("fz2").await];
     let report = fuzz::run(&stack.relays[0], &users, seed, Duration::from_secs(secs), 16).await;
     println!("{}", report.summary());

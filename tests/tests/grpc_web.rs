@@ -48,7 +48,12 @@ async fn publish_over_grpc_web_http1_with_cors() {
     assert!(pre.headers().contains_key("access-control-allow-origin"));
 
     let ch = unique("web");
-    let req = PublishRequest { channelid: ch.clone(), text: "from a browser".into(), idempotency_key: String::new() };
+    let req = PublishRequest {
+        channelid: ch.clone(),
+        text: "from a browser".into(),
+        idempotency_key: String::new(),
+        ephemeral: false,
+    };
     let reply = http
         .post(&url)
         .header("origin", "http://app.example")
@@ -69,7 +74,12 @@ async fn publish_over_grpc_web_http1_with_cors() {
     assert_eq!((m.channelid.as_str(), m.userid.as_str(), m.seq), (ch.as_str(), alice.id.as_str(), 1));
 
     // Errors reach the browser as a status with a message.
-    let bad = PublishRequest { channelid: "chat.*".into(), text: "x".into(), idempotency_key: String::new() };
+    let bad = PublishRequest {
+        channelid: "chat.*".into(),
+        text: "x".into(),
+        idempotency_key: String::new(),
+        ephemeral: false,
+    };
     let reply = http
         .post(&url)
         .header("content-type", "application/grpc-web+proto")

@@ -16,7 +16,12 @@ const T: Duration = Duration::from_secs(15);
 fn request(r#ref: u64, channel: &str, text: &str) -> PublishStreamRequest {
     PublishStreamRequest {
         r#ref,
-        publish: Some(PublishRequest { channelid: channel.into(), text: text.into(), idempotency_key: String::new() }),
+        publish: Some(PublishRequest {
+            channelid: channel.into(),
+            text: text.into(),
+            idempotency_key: String::new(),
+            ephemeral: false,
+        }),
     }
 }
 

@@ -24,6 +24,7 @@ async fn read(sub: &mut Sub, n: usize) -> (Vec<(bool, String)>, Vec<Message>) {
             Ok(Event::Message(m)) => messages.push(m),
             Ok(Event::Recovery(r)) => markers.push((r.recovered, r.epoch)),
             Ok(Event::Heartbeat) => {}
+            Ok(other) => panic!("an event these channels do not have: {other:?}"),
             Err(s) => panic!("stream ended with {s:?} after {} messages", messages.len()),
         }
     }

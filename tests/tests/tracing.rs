@@ -117,6 +117,7 @@ fn traced(
         channelid: channel.into(),
         text: text.into(),
         idempotency_key: String::new(),
+        ephemeral: false,
     });
     req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
     req.metadata_mut().insert("traceparent", format!("00-{trace_id}-{parent}-01").parse().unwrap());

@@ -6,6 +6,8 @@
 //! relayctl subscribe chat --since-seq 0
 //! relayctl publish chat "hello"
 //! relayctl history chat --limit 20
+//! relayctl publish chat "typing" --ephemeral
+//! relayctl presence chat
 //! ```
 #![forbid(unsafe_code)]
 
@@ -14,8 +16,8 @@ use clap::{Parser, Subcommand};
 use futures::StreamExt;
 use relay::proto::relay_service_client::RelayServiceClient;
 use relay::proto::{
-    AckRequest, ChannelSubscription, Cursor, HistoryRequest, Message, PublishRequest, SubscribeRequest,
-    cursor::Position, subscribe_response::Event,
+    AckRequest, ChannelSubscription, Cursor, HistoryRequest, Message, PresenceRequest, PresenceStatsRequest,
+    PublishRequest, SubscribeRequest, cursor::Position, subscribe_response::Event,
 };
 use tonic::Request;
 use tonic::transport::Channel;
@@ -50,6 +52,16 @@ enum Command {
         /// A publish retried with the same key is stored once.
         #[arg(long, default_value = "")]
         key: String,
+        /// Delivered to the streams open now, never stored (where the channel allows it).
+        #[arg(long, conflicts_with = "key")]
+        ephemeral: bool,
+    },
+    /// Prints who is on a channel (one line per user), then the counts.
+    Presence {
+        channel: String,
+        /// Only the counts (PresenceStats: cheap on any channel).
+        #[arg(long)]
+        stats: bool,
     },
     /// Prints history after the cursor, then live messages, until interrupted. Queue messages are
     /// acked once printed.
@@ -98,13 +110,32 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", login(&cli.pocketbase, &cli.collection, identity, password).await?);
             Ok(())
         }
-        Command::Publish { ref channel, ref text, ref key } => {
+        Command::Publish { ref channel, ref text, ref key, ephemeral } => {
             let mut client = connect(&cli.relay).await?;
-            let req = PublishRequest { channelid: channel.clone(), text: text.clone(), idempotency_key: key.clone() };
+            let req = PublishRequest {
+                channelid: channel.clone(),
+                text: text.clone(),
+                idempotency_key: key.clone(),
+                ephemeral,
+            };
             let reply = client.publish(authed(&cli.token, req)?).await?.into_inner();
             if let Some(m) = reply.message {
                 print_message(&m);
             }
+            Ok(())
+        }
+        Command::Presence { ref channel, stats } => {
+            let mut client = connect(&cli.relay).await?;
+            if !stats {
+                let req = PresenceRequest { channelid: channel.clone() };
+                for m in client.presence(authed(&cli.token, req)?).await?.into_inner().members {
+                    let name = if m.username.is_empty() { String::new() } else { format!(" ({})", m.username) };
+                    println!("{}{name}  streams {}  since {}", m.userid, m.streams, clock(m.since));
+                }
+            }
+            let req = PresenceStatsRequest { channelid: channel.clone() };
+            let counts = client.presence_stats(authed(&cli.token, req)?).await?.into_inner();
+            println!("# {channel}: {} users, {} streams", counts.members, counts.streams);
             Ok(())
         }
         Command::Subscribe { ref channels, since_seq, since_ts, ref epoch } => {
@@ -128,6 +159,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                             };
                             client.ack(authed(&cli.token, req)?).await?;
                         }
+                    }
+                    Some(Event::Join(j)) => println!("{} + {} joined", j.channelid, who(&j.userid, &j.username)),
+                    Some(Event::Leave(l)) => println!("{} - {} left", l.channelid, who(&l.userid, &l.username)),
+                    Some(Event::PresenceChanged(c)) => {
+                        println!("{} # {} more joined, {} more left", c.channelid, c.joined, c.left)
+                    }
+                    Some(Event::Ephemeral(m)) => {
+                        println!("{} ~ {}: {}", m.channelid, who(&m.userid, &m.username), m.text)
                     }
                     Some(Event::Recovery(r)) if !r.recovered => {
                         eprintln!("# {} (epoch {}): messages may be missing here: {}", r.channelid, r.epoch, r.reason)
@@ -188,10 +227,20 @@ async fn login(pocketbase: &str, collection: &str, identity: &str, password: &st
 }
 
 fn print_message(m: &Message) {
-    let secs = m.ts / 1_000_000_000;
-    let (h, mi, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
-    let ms = (m.ts / 1_000_000) % 1000;
-    let who = if m.username.is_empty() { &m.userid } else { &m.username };
+    let who = who(&m.userid, &m.username);
     let again = if m.redelivered > 0 { format!(" (delivered {} times before)", m.redelivered) } else { String::new() };
-    println!("{} #{} {h:02}:{mi:02}:{s:02}.{ms:03}Z {who}: {}{again}  [epoch {}]", m.channelid, m.seq, m.text, m.epoch);
+    println!("{} #{} {} {who}: {}{again}  [epoch {}]", m.channelid, m.seq, clock(m.ts), m.text, m.epoch);
+}
+
+/// A display name, or the user id when there is none.
+fn who<'a>(userid: &'a str, username: &'a str) -> &'a str {
+    if username.is_empty() { userid } else { username }
+}
+
+/// Unix nanoseconds as a UTC time of day.
+fn clock(ts: i64) -> String {
+    let secs = ts / 1_000_000_000;
+    let (h, mi, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
+    let ms = (ts / 1_000_000) % 1000;
+    format!("{h:02}:{mi:02}:{s:02}.{ms:03}Z")
 }

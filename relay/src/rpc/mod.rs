@@ -4,6 +4,7 @@
 pub mod ack;
 pub mod history;
 pub mod outbox;
+pub mod presence;
 pub mod publish;
 pub mod publish_stream;
 pub mod refresh;
@@ -72,6 +73,20 @@ impl proto::relay_service_server::RelayService for Service {
 
     async fn ack(&self, req: Request<proto::AckRequest>) -> Result<Response<proto::AckResponse>, Status> {
         finish("Ack", ack::ack(&self.relay, req).await)
+    }
+
+    async fn presence(
+        &self,
+        req: Request<proto::PresenceRequest>,
+    ) -> Result<Response<proto::PresenceResponse>, Status> {
+        finish("Presence", presence::presence(&self.relay, req).await)
+    }
+
+    async fn presence_stats(
+        &self,
+        req: Request<proto::PresenceStatsRequest>,
+    ) -> Result<Response<proto::PresenceStatsResponse>, Status> {
+        finish("PresenceStats", presence::presence_stats(&self.relay, req).await)
     }
 
     async fn refresh_token(

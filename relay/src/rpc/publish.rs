@@ -42,6 +42,9 @@ pub async fn publish_as(relay: &Relay, user: crate::auth::User, req: PublishRequ
         return Err(Error::PermissionDenied(format!("user {} may not publish to {channel}", user.id)));
     }
     validate(&req, settings.limits.max_message_bytes)?;
+    if req.ephemeral {
+        return publish_ephemeral(relay, &governed, user, channel, req.text).await;
+    }
     if !relay.rate.allow(&governed.declared_by, &user.id, settings.limits.publish_per_second_per_user) {
         return Err(Error::ResourceExhausted(format!(
             "rate limit: at most {} publishes per second per user on {}",
@@ -119,6 +122,46 @@ pub async fn publish_as(relay: &Relay, user: crate::auth::User, req: PublishRequ
     done.await.map_err(|e| Error::unavailable("relay", e))?
 }
 
+/// An ephemeral publish: to the streams open now, on the channel's live subject; never stored.
+/// Answered once the NATS server has it.
+async fn publish_ephemeral(
+    relay: &Relay,
+    governed: &crate::settings::Governed,
+    user: crate::auth::User,
+    channel: relay_channel::ChannelId,
+    text: String,
+) -> Result<WireMessage> {
+    let limits = &governed.settings.limits;
+    if !limits.allow_ephemeral {
+        return Err(Error::PermissionDenied(format!(
+            "channel {channel} does not take ephemeral messages (RelayChannel {} spec.limits.allowEphemeral)",
+            governed.declared_by
+        )));
+    }
+    // Its own allowance: typing indicators do not eat into the user's publishes, nor the reverse.
+    let allowance = format!("{} ephemeral", governed.declared_by);
+    if !relay.rate.allow(&allowance, &user.id, limits.ephemeral_per_second_per_user) {
+        return Err(Error::ResourceExhausted(format!(
+            "rate limit: at most {} ephemeral publishes per second per user on {}",
+            limits.ephemeral_per_second_per_user, governed.declared_by
+        )));
+    }
+    let message = WireMessage {
+        channelid: channel.to_string(),
+        userid: user.id,
+        username: user.name,
+        text,
+        ts: crate::now_nanos(),
+        seq: 0,
+        id: uuid::Uuid::now_v7().to_string(),
+        epoch: String::new(),
+    };
+    fits_the_bus(&message, relay.bus.max_payload())?;
+    let payload = relay_channel::LiveEvent::Ephemeral(message.clone()).to_json();
+    relay.bus.publish_confirmed(relay_channel::names::live_subject(channel.as_str()), None, payload.into()).await?;
+    Ok(message)
+}
+
 /// Room left for NATS headers (`Nats-Msg-Id`, and `traceparent` and a `tracestate` of at most
 /// 256 bytes while traces are on), which count against the server's limit too.
 const HEADER_ROOM: usize = 512;
@@ -161,7 +204,7 @@ mod tests {
     use super::*;
 
     fn req(text: &str, key: &str) -> PublishRequest {
-        PublishRequest { channelid: "c".into(), text: text.into(), idempotency_key: key.into() }
+        PublishRequest { channelid: "c".into(), text: text.into(), idempotency_key: key.into(), ephemeral: false }
     }
 
     #[test]

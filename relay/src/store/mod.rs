@@ -227,6 +227,18 @@ impl Store {
         .await
     }
 
+    /// Runs another module's script (`args`: numkeys, keys, arguments) on the shared connection,
+    /// with the same deadline as every Redis call; `key` is one of its keys (for routing).
+    pub async fn run_script<T: redis::FromRedisValue>(
+        &self,
+        script: &redis::Script,
+        args: &redis::Cmd,
+        key: &str,
+    ) -> Result<T> {
+        let (reply, _) = self.eval(&self.conn, script, args, key, None).await?;
+        redis::from_redis_value(reply).map_err(|e| Error::unavailable("redis", e.to_string()))
+    }
+
     /// Runs a command, with the same deadline as every Redis call.
     pub async fn query<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T> {
         let mut conn = self.conn.clone();

@@ -14,6 +14,7 @@
 mod broadcast;
 mod history;
 mod lane;
+mod live;
 mod share;
 
 use std::collections::HashSet;
@@ -49,6 +50,10 @@ struct Joined {
     resume: Option<Resume>,
     max_age: Duration,
     live: Live,
+    /// Join/Leave and ephemeral events, where the channel has them.
+    side: Option<live::Side>,
+    /// Counted in the channel's presence until dropped (the stream's end).
+    _presence: Option<crate::presence::Entry>,
 }
 
 /// Where a channel's live messages come from.
@@ -127,6 +132,16 @@ async fn join(
     if !settings.access.subscribe.allows(&user.id, &channel) {
         return Err(Error::PermissionDenied(format!("user {} may not subscribe to {channel}", user.id)));
     }
+    // Watching the live events before entering presence: the stream sees its own user's join.
+    let side = if settings.presence.join_leave || settings.limits.allow_ephemeral {
+        let topic = relay.live.topic(channel.as_str()).await?;
+        let rx = topic.watch();
+        Some(live::Side { _topic: topic, rx, join_leave: settings.presence.join_leave })
+    } else {
+        None
+    };
+    let presence =
+        settings.presence.enabled.then(|| relay.presence.enter(channel.as_str(), &settings.presence, &stream.id, user));
     let subject = names::subject(channel.as_str());
     let live = match settings.delivery {
         Delivery::Broadcast => {
@@ -144,7 +159,7 @@ async fn join(
         Delivery::Queue => Live::Share(relay.bus.subscribe(subject, Some(names::QUEUE_GROUP.to_owned())).await?),
     };
     let max_age = Duration::from_secs(settings.history.max_age_secs);
-    Ok(Joined { channel, delivery: settings.delivery, resume, max_age, live })
+    Ok(Joined { channel, delivery: settings.delivery, resume, max_age, live, side, _presence: presence })
 }
 
 /// How soon a check that could not be made (PocketBase or Redis unreachable) is tried again.
@@ -260,8 +275,23 @@ async fn still_allowed(relay: &Relay, user: &str, held: &[(ChannelId, Delivery)]
     Ok(())
 }
 
-/// One channel of a stream: recovery marker, history, then live messages until the stream ends.
-async fn run_channel(relay: &Relay, j: Joined, outbox: &Outbox) -> Result<()> {
+/// One channel of a stream: recovery marker, history, then live messages (and live-only events)
+/// until the stream ends; its presence entry departs then.
+async fn run_channel(relay: &Relay, mut j: Joined, outbox: &Outbox) -> Result<()> {
+    match j.side.take() {
+        None => run_messages(relay, j, outbox).await,
+        Some(side) => {
+            let ch = j.channel.clone();
+            tokio::select! {
+                r = run_messages(relay, j, outbox) => r,
+                r = live::run(ch.as_str(), side, outbox) => r,
+            }
+        }
+    }
+}
+
+/// A channel's messages: recovery marker, history, then live ones.
+async fn run_messages(relay: &Relay, j: Joined, outbox: &Outbox) -> Result<()> {
     let ch = j.channel.as_str();
     match j.live {
         Live::Hub(_topic, rx) => {

@@ -26,7 +26,7 @@ import type { Message as Message$1 } from "@bufbuild/protobuf";
  * Describes the file relay/v1/relay.proto.
  */
 export const file_relay_v1_relay: GenFile = /*@__PURE__*/
-  fileDesc("ChRyZWxheS92MS9yZWxheS5wcm90bxIIcmVsYXkudjEiqAEKB01lc3NhZ2USEQoJY2hhbm5lbGlkGAEgASgJEg4KBnVzZXJpZBgCIAEoCRIMCgR0ZXh0GAMgASgJEgoKAnRzGAQgASgDEgsKA3NlcRgFIAEoBBIKCgJpZBgGIAEoCRIQCgh1c2VybmFtZRgHIAEoCRINCgVlcG9jaBgIIAEoCRITCgtyZWRlbGl2ZXJlZBgJIAEoDRIRCgluZWVkc19hY2sYCiABKAgiSgoOUHVibGlzaFJlcXVlc3QSEQoJY2hhbm5lbGlkGAEgASgJEgwKBHRleHQYAiABKAkSFwoPaWRlbXBvdGVuY3lfa2V5GAMgASgJIjUKD1B1Ymxpc2hSZXNwb25zZRIiCgdtZXNzYWdlGAEgASgLMhEucmVsYXkudjEuTWVzc2FnZSJOChRQdWJsaXNoU3RyZWFtUmVxdWVzdBILCgNyZWYYASABKAQSKQoHcHVibGlzaBgCIAEoCzIYLnJlbGF5LnYxLlB1Ymxpc2hSZXF1ZXN0IrABChVQdWJsaXNoU3RyZWFtUmVzcG9uc2USCwoDcmVmGAEgASgEEiQKB21lc3NhZ2UYAiABKAsyES5yZWxheS52MS5NZXNzYWdlSAASJwoFZXJyb3IYAyABKAsyFi5yZWxheS52MS5QdWJsaXNoRXJyb3JIABIxCgdzdGFydGVkGAQgASgLMh4ucmVsYXkudjEuUHVibGlzaFN0cmVhbVN0YXJ0ZWRIAEIICgZyZXN1bHQiLQoMUHVibGlzaEVycm9yEgwKBGNvZGUYASABKAUSDwoHbWVzc2FnZRgCIAEoCSJAChRQdWJsaXNoU3RyZWFtU3RhcnRlZBIRCglzdHJlYW1faWQYASABKAkSFQoNdG9rZW5fZXhwaXJlcxgCIAEoAyJMCgZDdXJzb3ISEgoIc2luY2VfdHMYASABKANIABITCglzaW5jZV9zZXEYAiABKARIABINCgVlcG9jaBgDIAEoCUIKCghwb3NpdGlvbiJKChNDaGFubmVsU3Vic2NyaXB0aW9uEhEKCWNoYW5uZWxpZBgBIAEoCRIgCgZjdXJzb3IYAiABKAsyEC5yZWxheS52MS5DdXJzb3IiQwoQU3Vic2NyaWJlUmVxdWVzdBIvCghjaGFubmVscxgBIAMoCzIdLnJlbGF5LnYxLkNoYW5uZWxTdWJzY3JpcHRpb24iwAEKEVN1YnNjcmliZVJlc3BvbnNlEiQKB21lc3NhZ2UYASABKAsyES5yZWxheS52MS5NZXNzYWdlSAASJgoIcmVjb3ZlcnkYAiABKAsyEi5yZWxheS52MS5SZWNvdmVyeUgAEigKCWhlYXJ0YmVhdBgDIAEoCzITLnJlbGF5LnYxLkhlYXJ0YmVhdEgAEioKB3N0YXJ0ZWQYBCABKAsyFy5yZWxheS52MS5TdHJlYW1TdGFydGVkSABCBwoFZXZlbnQiOQoNU3RyZWFtU3RhcnRlZBIRCglzdHJlYW1faWQYASABKAkSFQoNdG9rZW5fZXhwaXJlcxgCIAEoAyJPCghSZWNvdmVyeRIRCgljaGFubmVsaWQYASABKAkSEQoJcmVjb3ZlcmVkGAIgASgIEg0KBWVwb2NoGAMgASgJEg4KBnJlYXNvbhgEIAEoCSIXCglIZWFydGJlYXQSCgoCdHMYASABKAMiVAoOSGlzdG9yeVJlcXVlc3QSEQoJY2hhbm5lbGlkGAEgASgJEiAKBmN1cnNvchgCIAEoCzIQLnJlbGF5LnYxLkN1cnNvchINCgVsaW1pdBgDIAEoDSJmCg9IaXN0b3J5UmVzcG9uc2USIwoIbWVzc2FnZXMYASADKAsyES5yZWxheS52MS5NZXNzYWdlEgwKBG1vcmUYAiABKAgSDQoFZXBvY2gYAyABKAkSEQoJcmVjb3ZlcmVkGAQgASgIIk8KCkFja1JlcXVlc3QSEQoJc3RyZWFtX2lkGAEgASgJEhEKCWNoYW5uZWxpZBgCIAEoCRIMCgRzZXFzGAMgAygEEg0KBWVwb2NoGAQgASgJIhwKC0Fja1Jlc3BvbnNlEg0KBWFja2VkGAEgASgNIigKE1JlZnJlc2hUb2tlblJlcXVlc3QSEQoJc3RyZWFtX2lkGAEgASgJIi0KFFJlZnJlc2hUb2tlblJlc3BvbnNlEhUKDXRva2VuX2V4cGlyZXMYASABKAMyrwMKDFJlbGF5U2VydmljZRI+CgdQdWJsaXNoEhgucmVsYXkudjEuUHVibGlzaFJlcXVlc3QaGS5yZWxheS52MS5QdWJsaXNoUmVzcG9uc2USRgoJU3Vic2NyaWJlEhoucmVsYXkudjEuU3Vic2NyaWJlUmVxdWVzdBobLnJlbGF5LnYxLlN1YnNjcmliZVJlc3BvbnNlMAESPgoHSGlzdG9yeRIYLnJlbGF5LnYxLkhpc3RvcnlSZXF1ZXN0GhkucmVsYXkudjEuSGlzdG9yeVJlc3BvbnNlEjIKA0FjaxIULnJlbGF5LnYxLkFja1JlcXVlc3QaFS5yZWxheS52MS5BY2tSZXNwb25zZRJNCgxSZWZyZXNoVG9rZW4SHS5yZWxheS52MS5SZWZyZXNoVG9rZW5SZXF1ZXN0Gh4ucmVsYXkudjEuUmVmcmVzaFRva2VuUmVzcG9uc2USVAoNUHVibGlzaFN0cmVhbRIeLnJlbGF5LnYxLlB1Ymxpc2hTdHJlYW1SZXF1ZXN0Gh8ucmVsYXkudjEuUHVibGlzaFN0cmVhbVJlc3BvbnNlKAEwAWIGcHJvdG8z");
+  fileDesc("ChRyZWxheS92MS9yZWxheS5wcm90bxIIcmVsYXkudjEiqAEKB01lc3NhZ2USEQoJY2hhbm5lbGlkGAEgASgJEg4KBnVzZXJpZBgCIAEoCRIMCgR0ZXh0GAMgASgJEgoKAnRzGAQgASgDEgsKA3NlcRgFIAEoBBIKCgJpZBgGIAEoCRIQCgh1c2VybmFtZRgHIAEoCRINCgVlcG9jaBgIIAEoCRITCgtyZWRlbGl2ZXJlZBgJIAEoDRIRCgluZWVkc19hY2sYCiABKAgiXQoOUHVibGlzaFJlcXVlc3QSEQoJY2hhbm5lbGlkGAEgASgJEgwKBHRleHQYAiABKAkSFwoPaWRlbXBvdGVuY3lfa2V5GAMgASgJEhEKCWVwaGVtZXJhbBgEIAEoCCI1Cg9QdWJsaXNoUmVzcG9uc2USIgoHbWVzc2FnZRgBIAEoCzIRLnJlbGF5LnYxLk1lc3NhZ2UiTgoUUHVibGlzaFN0cmVhbVJlcXVlc3QSCwoDcmVmGAEgASgEEikKB3B1Ymxpc2gYAiABKAsyGC5yZWxheS52MS5QdWJsaXNoUmVxdWVzdCKwAQoVUHVibGlzaFN0cmVhbVJlc3BvbnNlEgsKA3JlZhgBIAEoBBIkCgdtZXNzYWdlGAIgASgLMhEucmVsYXkudjEuTWVzc2FnZUgAEicKBWVycm9yGAMgASgLMhYucmVsYXkudjEuUHVibGlzaEVycm9ySAASMQoHc3RhcnRlZBgEIAEoCzIeLnJlbGF5LnYxLlB1Ymxpc2hTdHJlYW1TdGFydGVkSABCCAoGcmVzdWx0Ii0KDFB1Ymxpc2hFcnJvchIMCgRjb2RlGAEgASgFEg8KB21lc3NhZ2UYAiABKAkiQAoUUHVibGlzaFN0cmVhbVN0YXJ0ZWQSEQoJc3RyZWFtX2lkGAEgASgJEhUKDXRva2VuX2V4cGlyZXMYAiABKAMiTAoGQ3Vyc29yEhIKCHNpbmNlX3RzGAEgASgDSAASEwoJc2luY2Vfc2VxGAIgASgESAASDQoFZXBvY2gYAyABKAlCCgoIcG9zaXRpb24iSgoTQ2hhbm5lbFN1YnNjcmlwdGlvbhIRCgljaGFubmVsaWQYASABKAkSIAoGY3Vyc29yGAIgASgLMhAucmVsYXkudjEuQ3Vyc29yIkMKEFN1YnNjcmliZVJlcXVlc3QSLwoIY2hhbm5lbHMYASADKAsyHS5yZWxheS52MS5DaGFubmVsU3Vic2NyaXB0aW9uIuECChFTdWJzY3JpYmVSZXNwb25zZRIkCgdtZXNzYWdlGAEgASgLMhEucmVsYXkudjEuTWVzc2FnZUgAEiYKCHJlY292ZXJ5GAIgASgLMhIucmVsYXkudjEuUmVjb3ZlcnlIABIoCgloZWFydGJlYXQYAyABKAsyEy5yZWxheS52MS5IZWFydGJlYXRIABIqCgdzdGFydGVkGAQgASgLMhcucmVsYXkudjEuU3RyZWFtU3RhcnRlZEgAEh4KBGpvaW4YBSABKAsyDi5yZWxheS52MS5Kb2luSAASIAoFbGVhdmUYBiABKAsyDy5yZWxheS52MS5MZWF2ZUgAEiYKCWVwaGVtZXJhbBgHIAEoCzIRLnJlbGF5LnYxLk1lc3NhZ2VIABI1ChBwcmVzZW5jZV9jaGFuZ2VkGAggASgLMhkucmVsYXkudjEuUHJlc2VuY2VDaGFuZ2VkSABCBwoFZXZlbnQiOwoESm9pbhIRCgljaGFubmVsaWQYASABKAkSDgoGdXNlcmlkGAIgASgJEhAKCHVzZXJuYW1lGAMgASgJIjwKBUxlYXZlEhEKCWNoYW5uZWxpZBgBIAEoCRIOCgZ1c2VyaWQYAiABKAkSEAoIdXNlcm5hbWUYAyABKAkiQgoPUHJlc2VuY2VDaGFuZ2VkEhEKCWNoYW5uZWxpZBgBIAEoCRIOCgZqb2luZWQYAiABKA0SDAoEbGVmdBgDIAEoDSIkCg9QcmVzZW5jZVJlcXVlc3QSEQoJY2hhbm5lbGlkGAEgASgJIjUKEFByZXNlbmNlUmVzcG9uc2USIQoHbWVtYmVycxgBIAMoCzIQLnJlbGF5LnYxLk1lbWJlciJKCgZNZW1iZXISDgoGdXNlcmlkGAEgASgJEhAKCHVzZXJuYW1lGAIgASgJEg8KB3N0cmVhbXMYAyABKA0SDQoFc2luY2UYBCABKAMiKQoUUHJlc2VuY2VTdGF0c1JlcXVlc3QSEQoJY2hhbm5lbGlkGAEgASgJIjkKFVByZXNlbmNlU3RhdHNSZXNwb25zZRIPCgdtZW1iZXJzGAEgASgNEg8KB3N0cmVhbXMYAiABKA0iOQoNU3RyZWFtU3RhcnRlZBIRCglzdHJlYW1faWQYASABKAkSFQoNdG9rZW5fZXhwaXJlcxgCIAEoAyJPCghSZWNvdmVyeRIRCgljaGFubmVsaWQYASABKAkSEQoJcmVjb3ZlcmVkGAIgASgIEg0KBWVwb2NoGAMgASgJEg4KBnJlYXNvbhgEIAEoCSIXCglIZWFydGJlYXQSCgoCdHMYASABKAMiVAoOSGlzdG9yeVJlcXVlc3QSEQoJY2hhbm5lbGlkGAEgASgJEiAKBmN1cnNvchgCIAEoCzIQLnJlbGF5LnYxLkN1cnNvchINCgVsaW1pdBgDIAEoDSJmCg9IaXN0b3J5UmVzcG9uc2USIwoIbWVzc2FnZXMYASADKAsyES5yZWxheS52MS5NZXNzYWdlEgwKBG1vcmUYAiABKAgSDQoFZXBvY2gYAyABKAkSEQoJcmVjb3ZlcmVkGAQgASgIIk8KCkFja1JlcXVlc3QSEQoJc3RyZWFtX2lkGAEgASgJEhEKCWNoYW5uZWxpZBgCIAEoCRIMCgRzZXFzGAMgAygEEg0KBWVwb2NoGAQgASgJIhwKC0Fja1Jlc3BvbnNlEg0KBWFja2VkGAEgASgNIigKE1JlZnJlc2hUb2tlblJlcXVlc3QSEQoJc3RyZWFtX2lkGAEgASgJIi0KFFJlZnJlc2hUb2tlblJlc3BvbnNlEhUKDXRva2VuX2V4cGlyZXMYASABKAMyxAQKDFJlbGF5U2VydmljZRI+CgdQdWJsaXNoEhgucmVsYXkudjEuUHVibGlzaFJlcXVlc3QaGS5yZWxheS52MS5QdWJsaXNoUmVzcG9uc2USRgoJU3Vic2NyaWJlEhoucmVsYXkudjEuU3Vic2NyaWJlUmVxdWVzdBobLnJlbGF5LnYxLlN1YnNjcmliZVJlc3BvbnNlMAESPgoHSGlzdG9yeRIYLnJlbGF5LnYxLkhpc3RvcnlSZXF1ZXN0GhkucmVsYXkudjEuSGlzdG9yeVJlc3BvbnNlEjIKA0FjaxIULnJlbGF5LnYxLkFja1JlcXVlc3QaFS5yZWxheS52MS5BY2tSZXNwb25zZRJNCgxSZWZyZXNoVG9rZW4SHS5yZWxheS52MS5SZWZyZXNoVG9rZW5SZXF1ZXN0Gh4ucmVsYXkudjEuUmVmcmVzaFRva2VuUmVzcG9uc2USVAoNUHVibGlzaFN0cmVhbRIeLnJlbGF5LnYxLlB1Ymxpc2hTdHJlYW1SZXF1ZXN0Gh8ucmVsYXkudjEuUHVibGlzaFN0cmVhbVJlc3BvbnNlKAEwARJBCghQcmVzZW5jZRIZLnJlbGF5LnYxLlByZXNlbmNlUmVxdWVzdBoaLnJlbGF5LnYxLlByZXNlbmNlUmVzcG9uc2USUAoNUHJlc2VuY2VTdGF0cxIeLnJlbGF5LnYxLlByZXNlbmNlU3RhdHNSZXF1ZXN0Gh8ucmVsYXkudjEuUHJlc2VuY2VTdGF0c1Jlc3BvbnNlYgZwcm90bzM");
 
 /**
  * @generated from message relay.v1.Message
@@ -129,6 +129,16 @@ export type PublishRequest = Message$1<"relay.v1.PublishRequest"> & {
    * @generated from field: string idempotency_key = 3;
    */
   idempotencyKey: string;
+
+  /**
+   * Delivered live to the streams open now, never stored: no seq, no history, no retry (typing
+   * indicators, cursors). Only where the channel allows it (RelayChannel
+   * spec.limits.allowEphemeral), PERMISSION_DENIED elsewhere; limited per user by
+   * spec.limits.ephemeralPerSecondPerUser. The reply's message has seq 0 and no epoch.
+   *
+   * @generated from field: bool ephemeral = 4;
+   */
+  ephemeral: boolean;
 };
 
 /**
@@ -396,6 +406,41 @@ export type SubscribeResponse = Message$1<"relay.v1.SubscribeResponse"> & {
      */
     value: StreamStarted;
     case: "started";
+  } | {
+    /**
+     * Channels with presence.joinLeave: a user's first stream on the channel opened. Once per
+     * user: a second stream, or a reconnect within a few seconds to any replica, is no new join.
+     *
+     * @generated from field: relay.v1.Join join = 5;
+     */
+    value: Join;
+    case: "join";
+  } | {
+    /**
+     * Their last stream ended (a few seconds after, so a reconnect is not a leave) or its relay
+     * died (within the channel's presence ttl).
+     *
+     * @generated from field: relay.v1.Leave leave = 6;
+     */
+    value: Leave;
+    case: "leave";
+  } | {
+    /**
+     * An ephemeral publish (seq 0, never in history: do not move your cursor on it).
+     *
+     * @generated from field: relay.v1.Message ephemeral = 7;
+     */
+    value: Message;
+    case: "ephemeral";
+  } | {
+    /**
+     * Too many joins and leaves at once to send one by one (a reconnect storm, a crowd arriving):
+     * counts of what was not sent individually in the last second. Call Presence for the list.
+     *
+     * @generated from field: relay.v1.PresenceChanged presence_changed = 8;
+     */
+    value: PresenceChanged;
+    case: "presenceChanged";
   } | { case: undefined; value?: undefined };
 };
 
@@ -405,6 +450,202 @@ export type SubscribeResponse = Message$1<"relay.v1.SubscribeResponse"> & {
  */
 export const SubscribeResponseSchema: GenMessage<SubscribeResponse> = /*@__PURE__*/
   messageDesc(file_relay_v1_relay, 10);
+
+/**
+ * @generated from message relay.v1.Join
+ */
+export type Join = Message$1<"relay.v1.Join"> & {
+  /**
+   * @generated from field: string channelid = 1;
+   */
+  channelid: string;
+
+  /**
+   * @generated from field: string userid = 2;
+   */
+  userid: string;
+
+  /**
+   * @generated from field: string username = 3;
+   */
+  username: string;
+};
+
+/**
+ * Describes the message relay.v1.Join.
+ * Use `create(JoinSchema)` to create a new message.
+ */
+export const JoinSchema: GenMessage<Join> = /*@__PURE__*/
+  messageDesc(file_relay_v1_relay, 11);
+
+/**
+ * @generated from message relay.v1.Leave
+ */
+export type Leave = Message$1<"relay.v1.Leave"> & {
+  /**
+   * @generated from field: string channelid = 1;
+   */
+  channelid: string;
+
+  /**
+   * @generated from field: string userid = 2;
+   */
+  userid: string;
+
+  /**
+   * @generated from field: string username = 3;
+   */
+  username: string;
+};
+
+/**
+ * Describes the message relay.v1.Leave.
+ * Use `create(LeaveSchema)` to create a new message.
+ */
+export const LeaveSchema: GenMessage<Leave> = /*@__PURE__*/
+  messageDesc(file_relay_v1_relay, 12);
+
+/**
+ * @generated from message relay.v1.PresenceChanged
+ */
+export type PresenceChanged = Message$1<"relay.v1.PresenceChanged"> & {
+  /**
+   * @generated from field: string channelid = 1;
+   */
+  channelid: string;
+
+  /**
+   * @generated from field: uint32 joined = 2;
+   */
+  joined: number;
+
+  /**
+   * @generated from field: uint32 left = 3;
+   */
+  left: number;
+};
+
+/**
+ * Describes the message relay.v1.PresenceChanged.
+ * Use `create(PresenceChangedSchema)` to create a new message.
+ */
+export const PresenceChangedSchema: GenMessage<PresenceChanged> = /*@__PURE__*/
+  messageDesc(file_relay_v1_relay, 13);
+
+/**
+ * @generated from message relay.v1.PresenceRequest
+ */
+export type PresenceRequest = Message$1<"relay.v1.PresenceRequest"> & {
+  /**
+   * @generated from field: string channelid = 1;
+   */
+  channelid: string;
+};
+
+/**
+ * Describes the message relay.v1.PresenceRequest.
+ * Use `create(PresenceRequestSchema)` to create a new message.
+ */
+export const PresenceRequestSchema: GenMessage<PresenceRequest> = /*@__PURE__*/
+  messageDesc(file_relay_v1_relay, 14);
+
+/**
+ * @generated from message relay.v1.PresenceResponse
+ */
+export type PresenceResponse = Message$1<"relay.v1.PresenceResponse"> & {
+  /**
+   * by user id
+   *
+   * @generated from field: repeated relay.v1.Member members = 1;
+   */
+  members: Member[];
+};
+
+/**
+ * Describes the message relay.v1.PresenceResponse.
+ * Use `create(PresenceResponseSchema)` to create a new message.
+ */
+export const PresenceResponseSchema: GenMessage<PresenceResponse> = /*@__PURE__*/
+  messageDesc(file_relay_v1_relay, 15);
+
+/**
+ * @generated from message relay.v1.Member
+ */
+export type Member = Message$1<"relay.v1.Member"> & {
+  /**
+   * @generated from field: string userid = 1;
+   */
+  userid: string;
+
+  /**
+   * PocketBase `name` when they joined
+   *
+   * @generated from field: string username = 2;
+   */
+  username: string;
+
+  /**
+   * their open streams on the channel, on every replica
+   *
+   * @generated from field: uint32 streams = 3;
+   */
+  streams: number;
+
+  /**
+   * when their first stream joined, Unix nanoseconds (millisecond precision)
+   *
+   * @generated from field: int64 since = 4;
+   */
+  since: bigint;
+};
+
+/**
+ * Describes the message relay.v1.Member.
+ * Use `create(MemberSchema)` to create a new message.
+ */
+export const MemberSchema: GenMessage<Member> = /*@__PURE__*/
+  messageDesc(file_relay_v1_relay, 16);
+
+/**
+ * @generated from message relay.v1.PresenceStatsRequest
+ */
+export type PresenceStatsRequest = Message$1<"relay.v1.PresenceStatsRequest"> & {
+  /**
+   * @generated from field: string channelid = 1;
+   */
+  channelid: string;
+};
+
+/**
+ * Describes the message relay.v1.PresenceStatsRequest.
+ * Use `create(PresenceStatsRequestSchema)` to create a new message.
+ */
+export const PresenceStatsRequestSchema: GenMessage<PresenceStatsRequest> = /*@__PURE__*/
+  messageDesc(file_relay_v1_relay, 17);
+
+/**
+ * @generated from message relay.v1.PresenceStatsResponse
+ */
+export type PresenceStatsResponse = Message$1<"relay.v1.PresenceStatsResponse"> & {
+  /**
+   * users
+   *
+   * @generated from field: uint32 members = 1;
+   */
+  members: number;
+
+  /**
+   * @generated from field: uint32 streams = 2;
+   */
+  streams: number;
+};
+
+/**
+ * Describes the message relay.v1.PresenceStatsResponse.
+ * Use `create(PresenceStatsResponseSchema)` to create a new message.
+ */
+export const PresenceStatsResponseSchema: GenMessage<PresenceStatsResponse> = /*@__PURE__*/
+  messageDesc(file_relay_v1_relay, 18);
 
 /**
  * The stream is open. Its id is what Ack and RefreshToken name.
@@ -431,7 +672,7 @@ export type StreamStarted = Message$1<"relay.v1.StreamStarted"> & {
  * Use `create(StreamStartedSchema)` to create a new message.
  */
 export const StreamStartedSchema: GenMessage<StreamStarted> = /*@__PURE__*/
-  messageDesc(file_relay_v1_relay, 11);
+  messageDesc(file_relay_v1_relay, 19);
 
 /**
  * Where a channel's messages on this stream start from.
@@ -473,7 +714,7 @@ export type Recovery = Message$1<"relay.v1.Recovery"> & {
  * Use `create(RecoverySchema)` to create a new message.
  */
 export const RecoverySchema: GenMessage<Recovery> = /*@__PURE__*/
-  messageDesc(file_relay_v1_relay, 12);
+  messageDesc(file_relay_v1_relay, 20);
 
 /**
  * @generated from message relay.v1.Heartbeat
@@ -490,7 +731,7 @@ export type Heartbeat = Message$1<"relay.v1.Heartbeat"> & {
  * Use `create(HeartbeatSchema)` to create a new message.
  */
 export const HeartbeatSchema: GenMessage<Heartbeat> = /*@__PURE__*/
-  messageDesc(file_relay_v1_relay, 13);
+  messageDesc(file_relay_v1_relay, 21);
 
 /**
  * History: oldest first, after the cursor (no cursor: the newest `limit` messages); `more` when cut.
@@ -519,7 +760,7 @@ export type HistoryRequest = Message$1<"relay.v1.HistoryRequest"> & {
  * Use `create(HistoryRequestSchema)` to create a new message.
  */
 export const HistoryRequestSchema: GenMessage<HistoryRequest> = /*@__PURE__*/
-  messageDesc(file_relay_v1_relay, 14);
+  messageDesc(file_relay_v1_relay, 22);
 
 /**
  * @generated from message relay.v1.HistoryResponse
@@ -556,7 +797,7 @@ export type HistoryResponse = Message$1<"relay.v1.HistoryResponse"> & {
  * Use `create(HistoryResponseSchema)` to create a new message.
  */
 export const HistoryResponseSchema: GenMessage<HistoryResponse> = /*@__PURE__*/
-  messageDesc(file_relay_v1_relay, 15);
+  messageDesc(file_relay_v1_relay, 23);
 
 /**
  * @generated from message relay.v1.AckRequest
@@ -592,7 +833,7 @@ export type AckRequest = Message$1<"relay.v1.AckRequest"> & {
  * Use `create(AckRequestSchema)` to create a new message.
  */
 export const AckRequestSchema: GenMessage<AckRequest> = /*@__PURE__*/
-  messageDesc(file_relay_v1_relay, 16);
+  messageDesc(file_relay_v1_relay, 24);
 
 /**
  * @generated from message relay.v1.AckResponse
@@ -612,7 +853,7 @@ export type AckResponse = Message$1<"relay.v1.AckResponse"> & {
  * Use `create(AckResponseSchema)` to create a new message.
  */
 export const AckResponseSchema: GenMessage<AckResponse> = /*@__PURE__*/
-  messageDesc(file_relay_v1_relay, 17);
+  messageDesc(file_relay_v1_relay, 25);
 
 /**
  * @generated from message relay.v1.RefreshTokenRequest
@@ -631,7 +872,7 @@ export type RefreshTokenRequest = Message$1<"relay.v1.RefreshTokenRequest"> & {
  * Use `create(RefreshTokenRequestSchema)` to create a new message.
  */
 export const RefreshTokenRequestSchema: GenMessage<RefreshTokenRequest> = /*@__PURE__*/
-  messageDesc(file_relay_v1_relay, 18);
+  messageDesc(file_relay_v1_relay, 26);
 
 /**
  * @generated from message relay.v1.RefreshTokenResponse
@@ -650,7 +891,7 @@ export type RefreshTokenResponse = Message$1<"relay.v1.RefreshTokenResponse"> & 
  * Use `create(RefreshTokenResponseSchema)` to create a new message.
  */
 export const RefreshTokenResponseSchema: GenMessage<RefreshTokenResponse> = /*@__PURE__*/
-  messageDesc(file_relay_v1_relay, 19);
+  messageDesc(file_relay_v1_relay, 27);
 
 /**
  * @generated from service relay.v1.RelayService
@@ -729,6 +970,28 @@ export const RelayService: GenService<{
     methodKind: "bidi_streaming";
     input: typeof PublishStreamRequestSchema;
     output: typeof PublishStreamResponseSchema;
+  },
+  /**
+   * Who has a Subscribe stream open on a channel (on any replica), one entry per user. For
+   * channels with presence enabled (RelayChannel spec.presence); FAILED_PRECONDITION otherwise.
+   * Whoever may subscribe to the channel may ask. The answer may be up to a second old.
+   *
+   * @generated from rpc relay.v1.RelayService.Presence
+   */
+  presence: {
+    methodKind: "unary";
+    input: typeof PresenceRequestSchema;
+    output: typeof PresenceResponseSchema;
+  },
+  /**
+   * How many users and streams a channel has: cheap on any channel size.
+   *
+   * @generated from rpc relay.v1.RelayService.PresenceStats
+   */
+  presenceStats: {
+    methodKind: "unary";
+    input: typeof PresenceStatsRequestSchema;
+    output: typeof PresenceStatsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_relay_v1_relay, 0);

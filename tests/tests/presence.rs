@@ -248,3 +248,57 @@ async fn presence_and_ephemeral_refusals_say_why() {
     assert!(refused >= 5, "at most a burst of 3 (and what refills) passes: {refused} refused");
     assert_eq!(c.publish(&alice.token, &private, "stored").await.unwrap().seq, 1, "stored publishes unaffected");
 }
+
+/// The presence module on its own against real Redis and NATS: ten thousand streams entered in a
+/// few batched calls, a sample listed, all of them counted, all of them leaving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_channel_is_counted_whole_listed_as_a_sample_and_entered_in_batches() {
+    use relay::presence::{MAX_LISTED, Presence};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let (nats, redis) = tokio::join!(relay_tests::Nats::start(dir.path()), relay_tests::Redis::start(dir.path()));
+    let store = relay::store::Store::new(redis.connection().await).unwrap();
+    let bus = relay::bus::Bus::new(nats.client().await, Arc::default());
+    let presence = Arc::new(Presence::new(store, bus));
+    let settings = PresenceSettings { enabled: true, join_leave: false, ttl_secs: 60 };
+    let mut conn = redis.connection().await;
+    // Script calls (round trips); the commands inside them count in total_commands_processed.
+    let calls = |info: String| -> u64 {
+        info.lines()
+            .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+            .map_or(0, |v| v.split(',').next().unwrap().parse().unwrap())
+    };
+    // Redis has the script from here on (a cold start answers NOSCRIPT to the first calls once).
+    presence.stats("crowd", &settings).await.unwrap();
+    let before = calls(redis::cmd("INFO").arg("commandstats").query_async(&mut conn).await.unwrap());
+    let n = MAX_LISTED + 500;
+    let entries: Vec<_> = (0..n)
+        .map(|i| {
+            let user = relay::auth::User { id: format!("u{i:05}"), name: format!("User {i}") };
+            presence.enter("crowd", &settings, &format!("s{i}"), &user)
+        })
+        .collect();
+    presence.flush().await;
+    let after = calls(redis::cmd("INFO").arg("commandstats").query_async(&mut conn).await.unwrap());
+    let stats = presence.stats("crowd", &settings).await.unwrap();
+    assert_eq!((stats.members, stats.streams), (n as u64, n as u64));
+    // One script call per 500 streams, not one per stream.
+    assert!(after - before <= (n / 500 + 1) as u64, "{} script calls for {n} joins", after - before);
+
+    let list = presence.members("crowd", &settings).await.unwrap();
+    assert!(list.truncated);
+    assert!(list.members.len() >= MAX_LISTED / 2 && list.members.len() <= MAX_LISTED + 1000, "{}", list.members.len());
+    assert!(list.members.iter().all(|m| m.streams == 1 && m.name.starts_with("User ") && m.since_ms > 0));
+
+    // Everyone leaves: after the grace, the sweep (at most a thousand per call) empties the channel.
+    drop(entries);
+    presence.flush().await;
+    tokio::time::sleep(relay::presence::GRACE + Duration::from_millis(200)).await;
+    for _ in 0..(n / 1000 + 1) {
+        if presence.stats("crowd", &settings).await.unwrap().members == 0 {
+            break;
+        }
+    }
+    let stats = presence.stats("crowd", &settings).await.unwrap();
+    assert_eq!((stats.members, stats.streams), (0, 0));
+}

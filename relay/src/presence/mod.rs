@@ -45,6 +45,8 @@ const MEMBERS_FRESH: Duration = Duration::from_secs(1);
 const CACHED_LISTS: u64 = 1024;
 /// Departures waiting to go out at most, per channel (their entries expire anyway).
 const MAX_DEPARTED: usize = 100_000;
+/// Members one Presence answer lists at most (about: Redis's HSCAN picks them).
+pub const MAX_LISTED: usize = 10_000;
 
 /// One member of a channel.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,6 +56,14 @@ pub struct Member {
     pub streams: u32,
     /// Unix milliseconds.
     pub since_ms: i64,
+}
+
+/// A channel's members, or a sample of them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Members {
+    pub members: Vec<Member>,
+    /// The channel has more than [`MAX_LISTED`] members: these are some of them.
+    pub truncated: bool,
 }
 
 /// Counts of a channel's presence.
@@ -102,7 +112,7 @@ pub struct Presence {
     script: redis::Script,
     channels: Mutex<HashMap<String, Local>>,
     wake: Notify,
-    lists: moka::future::Cache<String, Arc<Vec<Member>>>,
+    lists: moka::future::Cache<String, Arc<Members>>,
 }
 
 /// A stream's place in a channel's presence; dropping it starts the stream's departure.
@@ -177,7 +187,7 @@ impl Presence {
     }
 
     /// The channel's members. Reused for up to a second; concurrent callers share one read.
-    pub async fn members(&self, channel: &str, settings: &relay_channel::PresenceSettings) -> Result<Arc<Vec<Member>>> {
+    pub async fn members(&self, channel: &str, settings: &relay_channel::PresenceSettings) -> Result<Arc<Members>> {
         self.lists
             .try_get_with(channel.to_owned(), async {
                 let job = Job {
@@ -323,7 +333,7 @@ impl Presence {
                 args.arg(GRACE.as_millis() as u64).arg(streams);
             }
             Op::Sweep => {
-                args.arg(0);
+                args.arg(MAX_LISTED);
             }
         }
         let (joins, leaves, next, extra): Reply = self.store.run_script(&self.script, &args, &keys[0]).await?;
@@ -361,19 +371,25 @@ fn bad_reply(e: impl std::fmt::Display) -> Error {
     Error::unavailable("redis", format!("presence script returned {e}"))
 }
 
-/// The members from a `members` reply: (users: user -> streams, info: user -> `<since>:<name>`).
-fn members_of(extra: redis::Value) -> Result<Vec<Member>> {
-    let (counts, info): (HashMap<String, u32>, HashMap<String, String>) =
+/// The members from a `members` reply: (users and their stream counts as a flat list, each one's
+/// `<since>:<name>` in the same order, truncated).
+fn members_of(extra: redis::Value) -> Result<Members> {
+    let (counts, info, truncated): (Vec<String>, Vec<String>, u8) =
         redis::from_redis_value(extra).map_err(bad_reply)?;
-    let mut members: Vec<Member> = counts
-        .into_iter()
-        .map(|(user, streams)| {
-            let (since, name) = info.get(&user).and_then(|v| v.split_once(':')).unwrap_or(("0", ""));
-            Member { name: name.to_owned(), streams, since_ms: since.parse().unwrap_or(0), user }
+    let mut members: Vec<Member> = pairs(counts)
+        .zip(info)
+        .map(|((user, streams), info)| {
+            let (since, name) = info.split_once(':').unwrap_or(("0", ""));
+            Member {
+                name: name.to_owned(),
+                streams: streams.parse().unwrap_or(0),
+                since_ms: since.parse().unwrap_or(0),
+                user,
+            }
         })
         .collect();
     members.sort_by(|a, b| a.user.cmp(&b.user));
-    Ok(members)
+    Ok(Members { members, truncated: truncated == 1 })
 }
 
 #[cfg(test)]
@@ -393,9 +409,12 @@ mod tests {
         let s = |v: &str| BulkString(v.as_bytes().to_vec());
         let reply = Array(vec![
             Array(vec![s("bob"), s("2"), s("al"), s("1")]),
-            Array(vec![s("bob"), s("1700000000000:Bob: the builder"), s("al"), s("5:")]),
+            Array(vec![s("1700000000000:Bob: the builder"), s("5:")]),
+            redis::Value::Int(1),
         ]);
         let got = members_of(reply).unwrap();
+        assert!(got.truncated);
+        let got = got.members;
         assert_eq!(got.len(), 2);
         assert_eq!(got[0], Member { user: "al".into(), name: String::new(), streams: 1, since_ms: 5 });
         assert_eq!(got[1].name, "Bob: the builder", "a name may hold colons");

@@ -3,7 +3,7 @@
 -- ARGV[1]: op: `enter` (streams open or refresh), `depart` (streams ended: they count `ARGV[3]`
 -- ms more, so a reconnect is not a leave and a join), `sweep`, `members`, `stats`.
 -- ARGV[2]: the keys' lifetime, ms (refreshed on every write, so an abandoned channel's keys go).
--- ARGV[3]: ttl (enter) or grace (depart), ms; then triples (stream, user, name) for enter, streams
+-- ARGV[3]: ttl (enter) or grace (depart), ms, or the most users listed (members); then triples (stream, user, name) for enter, streams
 -- for depart.
 -- Every op first removes expired entries (at most SWEEP_MAX). Reply: {joins, leaves, next, extra}:
 -- joins and leaves as flat (user, name) lists, next as ms until the next entry expires (-1: none).
@@ -81,7 +81,26 @@ if first[2] then next_ms = math.max(0, tonumber(first[2]) - now) end
 
 local extra = {}
 if op == 'members' then
-  extra = {redis.call('HGETALL', users), redis.call('HGETALL', info)}
+  -- At most about ARGV[3] users: a huge channel's list is a sample (and says so), never a reply
+  -- that holds Redis up or that clients cannot take.
+  local max = tonumber(ARGV[3])
+  local flat
+  local truncated = 0
+  if redis.call('HLEN', users) <= max then
+    flat = redis.call('HGETALL', users)
+  else
+    flat = redis.call('HSCAN', users, '0', 'COUNT', max)[2]
+    truncated = 1
+  end
+  local ids = {}
+  for i = 1, #flat, 2 do ids[#ids + 1] = flat[i] end
+  -- HMGET in chunks: Lua's unpack takes a few thousand values at most.
+  local infos = {}
+  for from = 1, #ids, 1000 do
+    local got = redis.call('HMGET', info, unpack(ids, from, math.min(from + 999, #ids)))
+    for i = 1, #got do infos[#infos + 1] = got[i] or '' end
+  end
+  extra = {flat, infos, truncated}
 elseif op == 'stats' then
   extra = {redis.call('HLEN', users), redis.call('ZCARD', exp)}
 end

@@ -13,9 +13,11 @@ use crate::settings::Governed;
 pub async fn presence(relay: &Relay, req: Request<PresenceRequest>) -> Result<PresenceResponse> {
     let user = relay.authenticate(&req).await?.user;
     let (channel, governed) = allowed(relay, &user, &req.get_ref().channelid).await?;
-    let members = relay.presence.members(channel.as_str(), &governed.settings.presence).await?;
+    let list = relay.presence.members(channel.as_str(), &governed.settings.presence).await?;
     Ok(PresenceResponse {
-        members: members
+        truncated: list.truncated,
+        members: list
+            .members
             .iter()
             .map(|m| Member {
                 userid: m.user.clone(),

@@ -184,12 +184,15 @@ struct Backends {
     publish_streams: bool,
 }
 
-/// The spec `--declared` uses: the example chat channel, without its per-user rate limit, its
-/// stream on every NATS node (one copy on one server, three on a cluster of three).
+/// The spec `--declared` uses: the example chat channel, without its per-user rate limit and its
+/// presence, its stream on every NATS node (one copy on one server, three on a cluster of three).
 fn declared_spec(nats_nodes: usize) -> anyhow::Result<serde_json::Value> {
     let resource: serde_json::Value = serde_saphyr::from_str(include_str!("../../examples/channels/chat.yaml"))?;
     let mut spec = resource["spec"].clone();
     spec["limits"]["publishPerSecondPerUser"] = 0.into();
+    // The message scenarios compare with Centrifugo without presence; `presence` measures it.
+    spec["presence"]["enabled"] = false.into();
+    spec["presence"]["joinLeave"] = false.into();
     spec["stream"]["replicas"] = nats_nodes.into();
     Ok(spec)
 }

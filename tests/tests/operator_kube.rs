@@ -30,6 +30,9 @@ async fn relaychannels_are_validated_reconciled_updated_repaired_and_deleted() {
         (serde_json::json!({"stream": {"replicas": 9}}), "spec.stream.replicas"),
         (serde_json::json!({"access": {"publish": "users"}}), "list them in access.publishUsers"),
         (serde_json::json!({"limits": {"maxMessageBytes": 0}}), "spec.limits.maxMessageBytes"),
+        (serde_json::json!({"presence": {"joinLeave": true}}), "presence.joinLeave needs presence.enabled"),
+        (serde_json::json!({"presence": {"enabled": true, "ttl": "soon"}}), "spec.presence.ttl"),
+        (serde_json::json!({"limits": {"ephemeralPerSecondPerUser": -1}}), "spec.limits.ephemeralPerSecondPerUser"),
     ];
     let raw: Api<DynamicObject> =
         Api::namespaced_with(client.clone(), "team", &ApiResource::erase::<RelayChannel>(&()));

@@ -3,11 +3,13 @@
 // it showed, so a reconnect neither loses nor doubles a message. When the relay says a channel's
 // history was lost (recovered=false with a new epoch) the page says so and counts from the new
 // epoch. Queue messages are acked once shown. The stream's token is refreshed before it expires
-// (RefreshToken), so a page left open for days keeps its stream.
+// (RefreshToken), so a page left open for days keeps its stream. Live-only events (joins, leaves,
+// ephemeral messages such as typing indicators) go to their handlers as they come; they are never
+// replayed.
 
 import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
 import { createGrpcWebTransport } from "@connectrpc/connect-web";
-import { RelayService, type Message } from "./gen/relay/v1/relay_pb";
+import { RelayService, type Member, type Message } from "./gen/relay/v1/relay_pb";
 
 export type State =
   | { kind: "connecting"; relay: string }
@@ -20,6 +22,14 @@ export interface Handlers {
   state(s: State): void;
   /** recovered=false: messages may be missing here (history no longer reaches back, or was lost). */
   recovery(channel: string, recovered: boolean, reason: string): void;
+  /** A user's first stream on the channel opened (channels with presence.joinLeave). */
+  join?(channel: string, userid: string, username: string): void;
+  /** Their last stream ended or expired. */
+  leave?(channel: string, userid: string, username: string): void;
+  /** Too many joins and leaves to list: ask `presence` again. */
+  presenceChanged?(channel: string): void;
+  /** An ephemeral message (never stored: seq 0). */
+  ephemeral?(m: Message): void;
 }
 
 /** Where a channel stands on this page: the highest seq shown and the recent ones (perUser and
@@ -92,6 +102,21 @@ export class Connection {
       }
     }
     throw lastError;
+  }
+
+  /** An ephemeral publish (a typing indicator): to whoever is connected now, never stored, not retried. */
+  async publishEphemeral(channelid: string, text: string): Promise<void> {
+    await this.clients[this.relay].publish({ channelid, text, ephemeral: true }, { headers: this.headers() });
+  }
+
+  /** Who is on the channel; undefined where the channel keeps no presence. */
+  async presence(channelid: string): Promise<Member[] | undefined> {
+    try {
+      return (await this.clients[this.relay].presence({ channelid }, { headers: this.headers() })).members;
+    } catch (e) {
+      if (ConnectError.from(e).code === Code.FailedPrecondition) return undefined;
+      throw e;
+    }
   }
 
   private headers(): HeadersInit {
@@ -173,6 +198,18 @@ export class Connection {
             if (m.needsAck) void this.ack(client, streamId, m);
             break;
           }
+          case "join":
+            this.on.join?.(res.event.value.channelid, res.event.value.userid, res.event.value.username);
+            break;
+          case "leave":
+            this.on.leave?.(res.event.value.channelid, res.event.value.userid, res.event.value.username);
+            break;
+          case "presenceChanged":
+            this.on.presenceChanged?.(res.event.value.channelid);
+            break;
+          case "ephemeral":
+            this.on.ephemeral?.(res.event.value);
+            break;
           case "heartbeat":
             break;
         }

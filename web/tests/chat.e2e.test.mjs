@@ -7,7 +7,7 @@ import { mkdirSync } from "node:fs";
 import { chromium } from "playwright-core";
 
 const env = process.env;
-const harness = Boolean(env.RELAY_A && env.RELAY_B && env.PB_URL);
+const harness = Boolean(env.RELAY_A && env.RELAY_B && env.PB_URL) && env.E2E === "chat";
 
 async function open(browser, relays, who) {
   const context = await browser.newContext({ viewport: { width: 800, height: 640 } });

@@ -302,3 +302,46 @@ async fn a_huge_channel_is_counted_whole_listed_as_a_sample_and_entered_in_batch
     let stats = presence.stats("crowd", &settings).await.unwrap();
     assert_eq!((stats.members, stats.streams), (0, 0));
 }
+
+/// A crowd arriving at once: the streams already there get a burst of joins one by one, then
+/// counts (PresenceChanged), not one event per user; every join is accounted for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crowd_joining_at_once_is_coalesced_for_the_streams_already_there() {
+    let options = StackOptions { relays: 1, ..Default::default() }.env("RELAY_UNVERIFIED_TOKENS_PER_SECOND", "100000");
+    let stack = Stack::with(options).await;
+    let watcher = stack.pocketbase.create_user("watcher").await;
+    let ch = unique("hall");
+    stack.declare(&ch, &with_presence(30)).await;
+    let mut watch = stack.client(0).await.subscribe(&watcher.token, &[(&ch, None)]).await.unwrap();
+    until(&mut watch, &format!("+{}", watcher.id), T).await;
+
+    let n = 200;
+    let crowd = stack.pocketbase.create_users("crowd", n).await;
+    let c = stack.client(0).await;
+    let subs = futures::future::join_all(crowd.iter().map(|(_, token)| {
+        let (mut c, ch) = (c.clone(), ch.clone());
+        async move { c.subscribe(token, &[(&ch, None)]).await.unwrap() }
+    }))
+    .await;
+
+    let (mut one_by_one, mut counted) = (0u32, 0u32);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
+    while one_by_one + counted < n as u32 && tokio::time::Instant::now() < deadline {
+        match watch.try_next(Duration::from_millis(500)).await {
+            Some(Ok(Event::Join(_))) => one_by_one += 1,
+            Some(Ok(Event::PresenceChanged(c))) => {
+                assert_eq!(c.left, 0);
+                counted += c.joined;
+            }
+            Some(Ok(Event::Leave(l))) => panic!("nobody left: {l:?}"),
+            Some(Err(s)) => panic!("{s:?}"),
+            _ => {}
+        }
+    }
+    println!("{n} joins: {one_by_one} one by one, {counted} counted");
+    assert_eq!(one_by_one + counted, n as u32, "every join accounted for");
+    assert!(counted > 0 && one_by_one < n as u32 / 2, "{one_by_one} one by one, {counted} counted");
+    let stats = stack.client(0).await.presence_stats(&watcher.token, &ch).await.unwrap();
+    assert_eq!((stats.members, stats.streams), (n as u32 + 1, n as u32 + 1));
+    drop(subs);
+}

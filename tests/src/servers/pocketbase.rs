@@ -67,8 +67,15 @@ impl PocketBase {
 
     pub async fn restart(&mut self) {
         self.stop().await;
+        let hooks = self.dir.join("../pb_hooks");
+        std::fs::create_dir_all(&hooks).expect("pb_hooks folder");
+        std::fs::write(hooks.join("relay_test_users.pb.js"), include_str!("pb_hooks/relay_test_users.pb.js"))
+            .expect("writing the test hook");
         let mut cmd = Command::new("pocketbase");
-        cmd.args(["serve", "--http", &format!("127.0.0.1:{}", self.port), "--dir"]).arg(&self.dir);
+        cmd.args(["serve", "--http", &format!("127.0.0.1:{}", self.port), "--hooksDir"])
+            .arg(&hooks)
+            .arg("--dir")
+            .arg(&self.dir);
         self.proc = Some(Proc::spawn("pocketbase", &mut cmd, &self.dir.join("../pocketbase.log")));
         let url = format!("{}/api/health", self.url());
         let http = self.http.clone();
@@ -100,6 +107,28 @@ impl PocketBase {
         let id = record["id"].as_str().expect("user id").to_owned();
         let token = self.login(&email, &password).await;
         TestUser { id, email, password, token }
+    }
+
+    /// `n` users named `<prefix><i>` (ids start with `prefix`, at most 14 characters), made at
+    /// once by the harness's hook (no password hashing per user); returns (id, token) of each.
+    /// They cannot log in with a password; their tokens are real PocketBase tokens.
+    pub async fn create_users(&self, prefix: &str, n: usize) -> Vec<(String, String)> {
+        assert!(!prefix.is_empty() && prefix.len() < 15 && prefix.chars().all(|c| c.is_ascii_alphanumeric()));
+        // A bcrypt hash of nothing anyone knows: the users never log in with a password.
+        let hash = "$2a$10$AAAAAAAAAAAAAAAAAAAAAOaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+        let reply = self
+            .post(
+                "/api/relay-test/users",
+                Some(&self.admin_token),
+                serde_json::json!({"n": n, "prefix": prefix, "hash": hash}),
+            )
+            .await;
+        reply
+            .as_array()
+            .expect("a list of users")
+            .iter()
+            .map(|u| (u["id"].as_str().unwrap().to_owned(), u["token"].as_str().unwrap().to_owned()))
+            .collect()
     }
 
     pub async fn login(&self, email: &str, password: &str) -> String {

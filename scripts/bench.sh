@@ -2,7 +2,7 @@
 # Runs every benchmark scenario against the relay, Centrifugo (memory and Redis engines) and raw
 # NATS on this machine, in one run, then writes docs/benchmarks.md and docs/benchmarks.png.
 # Each figure is the median of RUNS runs (3 by default), alternated between the systems; the
-# servers run on CPU 0 and loadgen on the others. Takes about half an hour. Not part of the tests
+# servers run on CPU 0 and loadgen on the others. Takes about 50 minutes. Not part of the tests
 # (a smoke run of loadgen is).
 #   scripts/bench.sh            # everything
 #   SECONDS_PER_RUN=5 RUNS=1 scripts/bench.sh
@@ -48,9 +48,14 @@ scenarios=(
   "throughput --concurrency 64 --seconds $secs"
   "idle --subscribers 10000"
   "reconnect --subscribers 1000 --missed 20"
+  "presence --members 10000"
 )
 for scenario in "${scenarios[@]}"; do
-  case $scenario in idle*|reconnect*) systems=("${connecting[@]}") ;; *) systems=("${publishing[@]}") ;; esac
+  case $scenario in
+    idle*|reconnect*) systems=("${connecting[@]}") ;;
+    presence*) systems=(relay centrifugo-memory centrifugo-redis) ;;
+    *) systems=("${publishing[@]}") ;;
+  esac
   # Runs alternate between the systems, so that a slow minute of the machine hits them all.
   for run in $(seq "$runs"); do
     for system in "${systems[@]}"; do

@@ -20,11 +20,15 @@ rows = [json.loads(line) for line in open(results_path) if line.strip()]
 commands = [c.strip() for c in open(commands_path) if c.strip()]
 SYSTEMS = ["relay", "relay (declared)", "relay (declared) (publish stream)", "relay-sim", "relay-sim (declared)",
            "centrifugo (memory)", "centrifugo (redis)", "nats (raw)"]
-SCENARIOS = ["fanout", "channels", "throughput", "idle", "reconnect"]
+SCENARIOS = ["fanout", "channels", "throughput", "idle", "reconnect", "presence"]
 
 
 def key(r):
-    return r.get("kib_per_idle_subscription") or 0 if r["scenario"] == "idle" else r["delivered_per_s"]
+    if r["scenario"] == "idle":
+        return r.get("kib_per_idle_subscription") or 0
+    if r["scenario"] == "presence":
+        return (r.get("presence") or {}).get("steady_s") or 0
+    return r["delivered_per_s"]
 
 
 def get(system, scenario):
@@ -89,6 +93,11 @@ out += ["## How each system was run", "",
         "- **centrifugo (memory | redis)**: Centrifugo v6, one node, its memory or Redis engine, history",
         "  and recovery on for the channels (as a chat needs); one WebSocket connection per subscriber",
         "  (JSON protocol); publishes through its server HTTP API. Defaults otherwise.",
+        "- **presence**: each member a user of its own (PocketBase users for the relay, JWT subjects",
+        "  for Centrifugo) on a connection of its own, joining one channel with presence and join/leave",
+        "  events on (relay: `presence.joinLeave`, ttl 60s; Centrifugo: `presence`, `join_leave`,",
+        "  `force_push_join_leave`); the member list and counts asked through each system's API (relay:",
+        "  Presence/PresenceStats over gRPC; Centrifugo: its server HTTP API `presence`/`presence_stats`).",
         "- **nats (raw)**: core NATS subscribers on 10 connections and a fire-and-forget publisher: the",
         "  ceiling for the broker hop, with no auth, history, ordering or acks.",
         "", "Latency is publish call to delivery at the subscriber (same clock). CPU is in cores used by",
@@ -101,7 +110,26 @@ for scenario in SCENARIOS:
     if not present:
         continue
     out += [f"## {scenario}", "", f"{present[0].get('params') or ''}", ""]
-    if scenario == "idle":
+    if scenario == "presence":
+        out += ["| system | steady state s | spread | counted | joined s | Redis commands / join | join/leave events per member | Presence p50 / p99 ms (back to back) | Presence p50 / p99 ms (once a second) | listed | PresenceStats p50 / p99 ms | all gone s | server CPU (join) | server RSS MB |",
+                "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for r in present:
+            p = r["presence"]
+            out.append(
+                f"| {r['system']} | {fmt(p['steady_s'], 2)} | {spread(r, 2)} | {p['counted']:,} / {p['members']:,} | {fmt(p['joined_s'], 2)} "
+                f"| {fmt(p.get('redis_commands_per_join'), 1)} | {fmt(p['events_per_member'], 1)} "
+                f"| {fmt(p['presence']['p50_ms'], 2)} / {fmt(p['presence']['p99_ms'], 2)} "
+                f"| {fmt(p['presence_spaced']['p50_ms'], 2)} / {fmt(p['presence_spaced']['p99_ms'], 2)} | {p['listed']:,} "
+                f"| {fmt(p['presence_stats']['p50_ms'], 2)} / {fmt(p['presence_stats']['p99_ms'], 2)} | {fmt(p['gone_s'], 2)} "
+                f"| {fmt(r['server']['cpu_cores'], 2)} | {fmt(r['server']['rss_mb'])} |")
+        out += ["", "Steady state: until the system counts every member (or its count stopped moving for 15 s: then",
+                "`counted` says how many it kept). Redis commands per join: every command Redis ran during the join",
+                "phase (those inside scripts included) over the members; the relay's include its Subscribe work",
+                "(settings, history position). The relay reuses a Presence answer for up to a second (so a crowd",
+                "asking costs one read per second per replica): the back-to-back figures are mostly reuse, the",
+                "once-a-second ones a fresh read each. All gone: from the members disconnecting until the count",
+                "is 0 (the relay keeps an ended stream 5 s, so that a reconnect is no leave and join)."]
+    elif scenario == "idle":
         out += ["| system | KiB per idle subscription (front) | spread | front RSS MB | server RSS MB | CPU idle (cores) | note |",
                 "| --- | ---: | --- | ---: | ---: | ---: | --- |"]
         for r in present:
@@ -129,7 +157,7 @@ out += ["## Commands", "", "```sh", *commands, "```", "", "![throughput and late
 open(md_path, "w").write("\n".join(out))
 
 # Chart: delivered/s and p99 latency per scenario and system.
-plotted = [s for s in SCENARIOS if s not in ("idle",)]
+plotted = [s for s in SCENARIOS if s not in ("idle", "presence")]
 fig, axes = plt.subplots(1, 3, figsize=(16, 5))
 width = 0.8 / len(SYSTEMS)
 for i, system in enumerate(SYSTEMS):

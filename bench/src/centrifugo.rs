@@ -40,6 +40,12 @@ pub fn binary() -> PathBuf {
 
 impl Centrifugo {
     pub async fn start(dir: &Path, redis_url: Option<String>) -> anyhow::Result<Self> {
+        Self::start_with(dir, redis_url, false).await
+    }
+
+    /// With `presence`: channels keep presence and push joins and leaves to subscribers
+    /// (`presence`, `join_leave`, `force_push_join_leave`), as the relay's `presence` scenario asks.
+    pub async fn start_with(dir: &Path, redis_url: Option<String>, presence: bool) -> anyhow::Result<Self> {
         let port = relay_tests::free_port();
         let engine = match &redis_url {
             Some(url) => json!({ "type": "redis", "redis": { "address": [url] } }),
@@ -54,7 +60,10 @@ impl Centrifugo {
                 "allow_subscribe_for_client": true,
                 "history_size": 1000,
                 "history_ttl": "24h",
-                "force_recovery": true
+                "force_recovery": true,
+                "presence": presence,
+                "join_leave": presence,
+                "force_push_join_leave": presence
             } },
             "engine": engine,
         });
@@ -93,6 +102,64 @@ impl Centrifugo {
 
     pub fn pid(&self) -> u32 {
         self.child.id().unwrap_or(0)
+    }
+
+    /// Calls the server HTTP API method `method` with `body`; returns its `result`.
+    pub async fn api(&self, method: &str, body: Value) -> anyhow::Result<Value> {
+        let reply = self
+            .http
+            .post(format!("http://127.0.0.1:{}/api/{method}", self.port))
+            .header("X-API-Key", API_KEY)
+            .json(&body)
+            .send()
+            .await?;
+        let mut body: Value = reply.error_for_status()?.json().await?;
+        if let Some(e) = body.get("error") {
+            bail!("{method}: {e}");
+        }
+        Ok(body["result"].take())
+    }
+
+    /// A client of user `user` subscribed to `channel`; counts the join and leave pushes it gets
+    /// into `events` until dropped.
+    pub async fn member(
+        &self,
+        user: &str,
+        channel: &str,
+        events: Arc<std::sync::atomic::AtomicU64>,
+    ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+        let url = format!("ws://127.0.0.1:{}/connection/websocket", self.port);
+        let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
+        ws.send(Message::text(json!({ "id": 1, "connect": { "token": jwt(user) } }).to_string())).await?;
+        ws.send(Message::text(json!({ "id": 2, "subscribe": { "channel": channel } }).to_string())).await?;
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(30), ws.next()).await?.context("closed")??;
+            let Message::Text(text) = msg else { continue };
+            let replies: Vec<Value> =
+                text.lines().filter(|l| !l.is_empty()).map(serde_json::from_str).collect::<Result<_, _>>()?;
+            if let Some(e) = replies.iter().find_map(|v| v.get("error")) {
+                bail!("centrifugo: {e}");
+            }
+            if replies.iter().any(|v| v.get("id") == Some(&json!(2))) {
+                break;
+            }
+        }
+        let (mut tx, mut rx) = ws.split();
+        Ok(tokio::spawn(async move {
+            while let Some(Ok(msg)) = rx.next().await {
+                let Message::Text(text) = msg else { continue };
+                for line in text.lines().filter(|l| !l.is_empty()) {
+                    let Ok(v) = serde_json::from_str::<Value>(line) else { continue };
+                    if v.as_object().is_some_and(|o| o.is_empty()) {
+                        if tx.send(Message::text("{}")).await.is_err() {
+                            return;
+                        }
+                    } else if v.get("push").is_some_and(|p| p.get("join").is_some() || p.get("leave").is_some()) {
+                        events.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            }
+        }))
     }
 
     pub async fn publish(&self, channel: &str, text: String) -> anyhow::Result<()> {

@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 mod centrifugo;
+mod presence;
 mod scenario;
 mod stats;
 mod targets;
@@ -50,6 +51,8 @@ enum Scenario {
     Idle,
     /// Many subscribers reconnecting at once with cursors.
     Reconnect,
+    /// Many members (each a user and a connection) joining one channel with presence.
+    Presence,
 }
 
 #[derive(Parser)]
@@ -77,6 +80,9 @@ struct Args {
     /// Measured duration, seconds.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// Members joining (presence scenario).
+    #[arg(long, default_value_t = 10_000)]
+    members: usize,
     /// Messages each subscriber misses in the reconnect scenario.
     #[arg(long, default_value_t = 20)]
     missed: usize,
@@ -123,6 +129,10 @@ async fn main() -> anyhow::Result<()> {
         declared: args.declared,
         publish_streams: args.publish_path == "stream",
     };
+    if let Scenario::Presence = args.scenario {
+        let report = presence_scenario(&args, dir.path()).await?;
+        return print(report, &args);
+    }
     let (target, pids, _servers) = start(args.system, args.replicas, &backends, dir.path()).await?;
     let pinning = if args.pin { pin(&pids.server)? } else { "not pinned".to_owned() };
     let t = Arc::new(target);
@@ -139,9 +149,15 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Throughput => scenario::throughput(t, &pids, args.concurrency, args.size, duration).await?,
         Scenario::Idle => scenario::idle(t, &pids, args.subscribers).await?,
         Scenario::Reconnect => scenario::reconnect_storm(t, &pids, args.subscribers, args.missed).await?,
+        Scenario::Presence => unreachable!("run above"),
     };
     let mut report = report;
     report.pinning = pinning;
+    print(report, &args)
+}
+
+/// Prints a report: a summary on stderr, the JSON line on stdout.
+fn print(mut report: stats::Report, args: &Args) -> anyhow::Result<()> {
     report.declared = args.declared;
     if args.declared {
         report.system.push_str(" (declared)");
@@ -170,6 +186,53 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
+}
+
+/// The presence scenario: its own setup (a user per member, presence on the channel).
+async fn presence_scenario(args: &Args, dir: &std::path::Path) -> anyhow::Result<stats::Report> {
+    let n = args.members;
+    match args.system {
+        System::Relay => {
+            let options = StackOptions { relays: args.replicas.max(1), ..Default::default() }
+                // Ten thousand new tokens from one address in seconds: lift the per-address limit.
+                .env("RELAY_UNVERIFIED_TOKENS_PER_SECOND", "100000")
+                .env("RUST_LOG", "warn");
+            let stack = Stack::with(options).await;
+            let spec = serde_json::json!({
+                "presence": {"enabled": true, "joinLeave": true, "ttl": "60s"},
+                "limits": {"publishPerSecondPerUser": 0},
+            });
+            stack.declare_spec(presence::CHANNEL, spec).await;
+            let tokens = stack.pocketbase.create_users("m", n).await.into_iter().map(|(_, t)| t).collect();
+            let front: Vec<u32> = stack.relays.iter().map(|r| r.pid()).collect();
+            let mut server = front.clone();
+            server.extend(stack.nats.pids());
+            server.extend(stack.redis.pids());
+            let pids = Pids { server, front };
+            let pinning = if args.pin { pin(&pids.server)? } else { "not pinned".to_owned() };
+            let crowd = presence::Crowd::Relay { addrs: stack.relays.iter().map(|r| r.addr()).collect(), tokens };
+            let mut report = presence::run(crowd, "relay".into(), &pids, n, Some(&stack.redis.url())).await?;
+            report.pinning = pinning;
+            report.note = format!("{}; {} relay replicas", report.note, stack.relays.len());
+            Ok(report)
+        }
+        System::CentrifugoMemory | System::CentrifugoRedis => {
+            let redis = match args.system {
+                System::CentrifugoRedis => Some(Redis::start(dir).await),
+                _ => None,
+            };
+            let c = centrifugo::Centrifugo::start_with(dir, redis.as_ref().map(|r| r.url()), true).await?;
+            let mut server = vec![c.pid()];
+            server.extend(redis.as_ref().map(|r| r.pid()));
+            let pids = Pids { server, front: vec![c.pid()] };
+            let pinning = if args.pin { pin(&pids.server)? } else { "not pinned".to_owned() };
+            let url = redis.as_ref().map(|r| r.url());
+            let mut report = presence::run(presence::Crowd::Centrifugo(&c), c.name(), &pids, n, url.as_deref()).await?;
+            report.pinning = pinning;
+            Ok(report)
+        }
+        other => anyhow::bail!("the presence scenario runs against relay and centrifugo-*, not {other:?}"),
+    }
 }
 
 /// Whatever keeps a system's servers alive (they stop when it drops).

@@ -129,4 +129,7 @@ pub struct Report {
     pub declared: bool,
     /// Server CPU (every server process of the system) per 1,000 acknowledged publishes, in ms.
     pub server_cpu_ms_per_1k: f64,
+    /// The presence scenario's figures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub presence: Option<crate::presence::PresenceFigures>,
 }

@@ -116,7 +116,7 @@ for scenario in SCENARIOS:
         for r in present:
             p = r["presence"]
             out.append(
-                f"| {r['system']} | {fmt(p['steady_s'], 2)} | {spread(r, 2)} | {p['counted']:,} / {p['members']:,} | {fmt(p['joined_s'], 2)} "
+                f"| {r['system']} | {fmt(p['steady_s'], 2)} | {spread(r, 2)} | {p['counted']:,} / {p['members']:,}{' (' + format(p['join_errors'], ',') + ' joins failed)' if p.get('join_errors') else ''} | {fmt(p['joined_s'], 2)} "
                 f"| {fmt(p.get('redis_commands_per_join'), 1)} | {fmt(p['events_per_member'], 1)} "
                 f"| {fmt(p['presence']['p50_ms'], 2)} / {fmt(p['presence']['p99_ms'], 2)} "
                 f"| {fmt(p['presence_spaced']['p50_ms'], 2)} / {fmt(p['presence_spaced']['p99_ms'], 2)} | {p['listed']:,} "

@@ -40,6 +40,8 @@ pub struct PresenceFigures {
     pub steady_s: f64,
     /// Members the system counted at steady state (fewer than `members`: some were dropped).
     pub counted: u64,
+    /// Members whose join failed (the server closed or refused their connection).
+    pub join_errors: u64,
     /// Every Redis command of the join phase (scripts' own commands included) per member.
     pub redis_commands_per_join: Option<f64>,
     /// Join/leave events (and counts of them) members received while the crowd arrived, per member.
@@ -174,18 +176,30 @@ pub async fn run(crowd: Crowd<'_>, name: String, pids: &Pids, n: usize, redis: O
     let commands_before = redis_commands(redis).await;
     let sampler = (ProcSampler::start(pids.server.clone()), ProcSampler::start(pids.front.clone()));
     let started = Instant::now();
-    let members: Vec<tokio::task::JoinHandle<()>> = futures::stream::iter(0..n)
+    let joins: Vec<anyhow::Result<tokio::task::JoinHandle<()>>> = futures::stream::iter(0..n)
         .map(|i| {
             let (crowd, events) = (&crowd, events.clone());
             async move { crowd.join(i, events).await.with_context(|| format!("member {i} joining")) }
         })
         .buffer_unordered(OPEN_CONCURRENCY)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<anyhow::Result<_>>()?;
+        .collect()
+        .await;
+    let mut members = Vec::with_capacity(n);
+    let mut join_errors = 0;
+    for join in joins {
+        match join {
+            Ok(m) => members.push(m),
+            Err(e) => {
+                if join_errors == 0 {
+                    eprintln!("{name}: {e:#} (counted, not fatal)");
+                }
+                join_errors += 1;
+            }
+        }
+    }
     let joined_s = started.elapsed().as_secs_f64();
-    let ((counted, _), steady) = wait_for(&crowd, &mut client, |(users, _)| users >= n as u64).await?;
+    let joined = members.len() as u64;
+    let ((counted, _), steady) = wait_for(&crowd, &mut client, |(users, _)| users >= joined).await?;
     let steady_s = steady.duration_since(started).as_secs_f64();
     let (server, front) = (sampler.0.finish(), sampler.1.finish());
     let commands = match (commands_before, redis_commands(redis).await) {
@@ -230,6 +244,7 @@ pub async fn run(crowd: Crowd<'_>, name: String, pids: &Pids, n: usize, redis: O
         joined_s,
         steady_s,
         counted,
+        join_errors,
         redis_commands_per_join: commands,
         events_per_member,
         presence: Percentiles::from(&list_h),

@@ -64,6 +64,7 @@ fn init(m: Metrics) -> Metrics {
         "republish_gave_up",
         "not_a_relay_message",
         "wrong_channel",
+        "live_event_skipped",
     ] {
         drop(m.dropped.get_or_create(&label("reason", reason)));
     }

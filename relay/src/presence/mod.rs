@@ -231,31 +231,45 @@ impl Presence {
     /// One pass: every channel's due work, [`CONCURRENCY`] calls at a time.
     async fn pass(&self) {
         let jobs = self.due(Instant::now());
-        let done: Vec<(String, bool, Result<i64>)> = futures::stream::iter(jobs)
+        let done: Vec<(Job, Result<i64>)> = futures::stream::iter(jobs)
             .map(|job| async move {
-                let refresh = matches!(job.op, Op::Enter(_, true));
                 let result = self.run_job(&job).await;
-                (job.channel, refresh, result)
+                (job, result)
             })
             .buffer_unordered(CONCURRENCY)
             .collect()
             .await;
         let now = Instant::now();
         let mut channels = self.channels.lock().expect("presence lock");
-        for (channel, refresh, result) in done {
-            let Some(local) = channels.get_mut(&channel) else { continue };
+        for (job, result) in done {
+            let Some(local) = channels.get_mut(&job.channel) else { continue };
             match result {
                 Ok(next_ms) => {
-                    local.next_sweep = (next_ms >= 0).then(|| now + Duration::from_millis(next_ms as u64));
-                    if refresh {
-                        local.next_refresh = now + local.ttl / 3;
+                    let next = (next_ms >= 0).then(|| now + Duration::from_millis(next_ms as u64));
+                    local.next_sweep = match (local.next_sweep, next) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                    match &job.op {
+                        // Never later than a failed batch's retry of the same pass.
+                        Op::Enter(_, true) => local.next_refresh = local.next_refresh.min(now + local.ttl / 3),
+                        // Stay until the departed entries' sweep has announced their leaves.
+                        Op::Depart(_) => {
+                            local.linger_until = local.linger_until.max(next.unwrap_or(now) + TICK);
+                        }
+                        _ => {}
                     }
                 }
                 Err(e) => {
-                    tracing::debug!(%channel, error = %e, "presence update failed; retrying");
+                    tracing::debug!(channel = %job.channel, error = %e, "presence update failed; retrying");
                     // A refresh enters every stream again, the fresh ones included.
                     local.next_refresh = local.next_refresh.min(now + TICK);
                     local.next_sweep = Some(now + TICK);
+                    if let Op::Depart(streams) = job.op
+                        && local.departed.len() < MAX_DEPARTED
+                    {
+                        local.departed.extend(streams);
+                    }
                 }
             }
         }
@@ -294,7 +308,10 @@ impl Presence {
                 }
                 busy = true;
             }
-            if !busy && local.next_sweep.is_some_and(|at| now >= at) {
+            if busy {
+                // Every job sweeps: the replies say when the next sweep is due.
+                local.next_sweep = None;
+            } else if local.next_sweep.is_some_and(|at| now >= at) {
                 local.next_sweep = None;
                 jobs.push(job(Op::Sweep));
             }
@@ -344,14 +361,18 @@ impl Presence {
                 |(userid, username): (String, String)| LiveEvent::Join { channelid: ch.to_owned(), userid, username };
             let leave =
                 |(userid, username): (String, String)| LiveEvent::Leave { channelid: ch.to_owned(), userid, username };
-            let events = pairs(joins).map(join).chain(pairs(leaves).map(leave));
-            for event in events {
-                // Best effort, as every live event: a NATS outage loses the announcement, not
-                // the presence (Presence still answers right).
-                let publish = self.bus.client.publish(names::live_subject(ch), event.to_json().into());
-                if let Err(e) = crate::bus::bounded("nats publish", publish).await {
-                    tracing::debug!(channel = %ch, error = %e, "could not announce a join or leave");
+            let events: Vec<LiveEvent> = pairs(joins).map(join).chain(pairs(leaves).map(leave)).collect();
+            // Best effort, as every live event: a NATS outage loses the announcements, not the
+            // presence (Presence still answers right). One deadline for all of them: a NATS that
+            // does not take them must not hold up this replica's refreshes.
+            let announce = async {
+                for event in events {
+                    self.bus.client.publish(names::live_subject(ch), event.to_json().into()).await?;
                 }
+                Ok::<(), async_nats::PublishError>(())
+            };
+            if let Err(e) = crate::bus::bounded("nats publish", announce).await {
+                tracing::debug!(channel = %ch, error = %e, "could not announce joins or leaves");
             }
         }
         Ok((next, extra))

@@ -71,8 +71,12 @@ elseif op == 'depart' then
   wrote = true
 end
 if wrote then
+  -- Only ever longer: another replica's entries may have been entered with a longer ttl.
   local ttl = tonumber(ARGV[2])
-  for _, k in ipairs(KEYS) do redis.call('PEXPIRE', k, ttl) end
+  for _, k in ipairs(KEYS) do
+    local left = redis.call('PTTL', k)
+    if left == -1 or left < ttl then redis.call('PEXPIRE', k, ttl) end
+  end
 end
 
 local next_ms = -1

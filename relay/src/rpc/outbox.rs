@@ -85,6 +85,22 @@ impl Outbox {
         }
     }
 
+    /// Queues a live-only event (join, leave, ephemeral) without waiting; a full queue drops it
+    /// (they are best effort) rather than ending the stream. Err only when the stream has ended.
+    pub fn offer_or_skip(&self, event: SubscribeResponse) -> Result<(), Closed> {
+        match self.tx.try_send((event, None)) {
+            Ok(()) => {
+                self.busy.store(true, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                crate::metrics::dropped("live_event_skipped");
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(Closed),
+        }
+    }
+
     /// Ends the stream with `status` (the first ending wins).
     pub fn end(&self, status: Status) {
         self.end.status.lock().expect("outbox lock").get_or_insert(status);

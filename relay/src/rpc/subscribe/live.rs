@@ -1,6 +1,7 @@
 //! A channel's live-only events on a stream: Join, Leave and PresenceChanged where the channel has
 //! `presence.joinLeave`, ephemeral messages where it allows them. Best effort, like the events
-//! themselves: a stream that falls behind on them skips the oldest rather than ending.
+//! themselves: a stream that falls behind on them (or whose queue is full) skips them rather than
+//! ending.
 
 use std::sync::Arc;
 
@@ -12,7 +13,7 @@ use crate::live::{Item, Topic};
 use crate::proto::{Join, Leave, PresenceChanged, subscribe_response::Event};
 use crate::rpc::outbox::Outbox;
 
-use super::{event, offer};
+use super::event;
 
 /// A stream's watch on its channel's live topic.
 pub struct Side {
@@ -49,6 +50,8 @@ pub async fn run(ch: &str, mut side: Side, outbox: &Outbox) -> Result<()> {
             }
             _ => continue,
         };
-        offer(outbox, event(e))?;
+        if outbox.offer_or_skip(event(e)).is_err() {
+            return Ok(());
+        }
     }
 }

@@ -144,21 +144,11 @@ impl Centrifugo {
                 break;
             }
         }
-        let (mut tx, mut rx) = ws.split();
-        Ok(tokio::spawn(async move {
-            while let Some(Ok(msg)) = rx.next().await {
-                let Message::Text(text) = msg else { continue };
-                for line in text.lines().filter(|l| !l.is_empty()) {
-                    let Ok(v) = serde_json::from_str::<Value>(line) else { continue };
-                    if v.as_object().is_some_and(|o| o.is_empty()) {
-                        if tx.send(Message::text("{}")).await.is_err() {
-                            return;
-                        }
-                    } else if v.get("push").is_some_and(|p| p.get("join").is_some() || p.get("leave").is_some()) {
-                        events.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    }
-                }
+        Ok(follow(ws, move |push| {
+            if push.get("join").is_some() || push.get("leave").is_some() {
+                events.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
+            true
         }))
     }
 
@@ -213,32 +203,38 @@ impl Centrifugo {
                 break;
             }
         }
-        let (mut tx, rx) = ws.split();
         let (out_tx, out_rx) = tokio::sync::mpsc::unbounded_channel();
         for d in first {
             let _ = out_tx.send(d);
         }
-        tokio::spawn(async move {
-            let mut rx = rx;
-            while let Some(Ok(msg)) = rx.next().await {
-                let Message::Text(text) = msg else { continue };
-                for line in text.lines().filter(|l| !l.is_empty()) {
-                    let Ok(v) = serde_json::from_str::<Value>(line) else { continue };
-                    if v.as_object().is_some_and(|o| o.is_empty()) {
-                        // Ping: answer with a pong, or the server drops the connection.
-                        if tx.send(Message::text("{}")).await.is_err() {
-                            return;
-                        }
-                    } else if let Some(p) = v.get("push").and_then(|p| p.get("pub"))
-                        && out_tx.send(publication(p)).is_err()
-                    {
-                        return;
-                    }
-                }
-            }
-        });
+        follow(ws, move |push| push.get("pub").is_none_or(|p| out_tx.send(publication(p)).is_ok()));
         Ok(Box::pin(tokio_stream_from(out_rx)))
     }
+}
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Reads a client connection until it closes: answers the server's pings (or it drops the
+/// connection) and hands each push to `on_push`, which returns false to stop.
+fn follow(ws: Socket, mut on_push: impl FnMut(&Value) -> bool + Send + 'static) -> tokio::task::JoinHandle<()> {
+    let (mut tx, mut rx) = ws.split();
+    tokio::spawn(async move {
+        while let Some(Ok(msg)) = rx.next().await {
+            let Message::Text(text) = msg else { continue };
+            for line in text.lines().filter(|l| !l.is_empty()) {
+                let Ok(v) = serde_json::from_str::<Value>(line) else { continue };
+                if v.as_object().is_some_and(|o| o.is_empty()) {
+                    if tx.send(Message::text("{}")).await.is_err() {
+                        return;
+                    }
+                } else if let Some(push) = v.get("push")
+                    && !on_push(push)
+                {
+                    return;
+                }
+            }
+        }
+    })
 }
 
 fn publication(p: &Value) -> Delivered {

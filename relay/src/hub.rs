@@ -12,8 +12,7 @@
 //! No lock is held across I/O: the map of topics is a plain mutex held for lookups only; creating a
 //! channel's topic (subscribe, confirm, read its position) holds only that channel's slot.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -23,7 +22,7 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use crate::bus::Bus;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::order::{self, Out, REORDER_WAIT, Reorder};
 use crate::store::{After, Read, Store};
 
@@ -58,38 +57,27 @@ const TOPIC_BUFFER: usize = 1024;
 /// Pages read after a NATS reconnect, at most: what the outage produced beyond that is marked.
 const CATCH_UP_PAGES: usize = 64;
 
-type Slots = Mutex<HashMap<String, Arc<tokio::sync::Mutex<Weak<Topic>>>>>;
-
 pub struct Hub {
     bus: Bus,
     store: Store,
     reconnected: broadcast::Sender<()>,
-    slots: Arc<Slots>,
+    topics: crate::topics::Topics<Topic>,
 }
 
 impl Hub {
     pub fn new(bus: Bus, store: Store, reconnected: broadcast::Sender<()>) -> Self {
-        Self { bus, store, reconnected, slots: Arc::default() }
+        Self { bus, store, reconnected, topics: Default::default() }
     }
 
     /// The channel's topic, subscribing on NATS first if this replica has none. When this returns,
     /// the NATS server has the subscription: anything published from now on reaches the topic.
     pub async fn topic(&self, channel: &str) -> Result<Arc<Topic>> {
-        let slot = {
-            let mut slots = self.slots.lock().expect("hub lock");
-            if slots.len() > 1024 && slots.len().is_power_of_two() {
-                slots.retain(|_, s| s.try_lock().map_or(true, |t| t.strong_count() > 0));
-            }
-            slots.entry(channel.to_owned()).or_default().clone()
-        };
-        // Only this channel's joiners wait here, for one subscription; not for a queue of failing
-        // attempts on a slow NATS, though: each takes up to the bus deadline.
-        let Ok(mut current) = tokio::time::timeout(crate::bus::NATS_TIMEOUT, slot.lock()).await else {
-            return Err(Error::unavailable("nats", "subscribing to the channel took too long"));
-        };
-        if let Some(t) = current.upgrade() {
-            return Ok(t);
-        }
+        let topic = self.topics.get_or_make(channel, || self.subscribe(channel)).await?;
+        crate::metrics::topics().set(self.topics.len() as i64);
+        Ok(topic)
+    }
+
+    async fn subscribe(&self, channel: &str) -> Result<Arc<Topic>> {
         let sub = self.bus.subscribe(names::subject(channel), None).await?;
         // The position after subscribing: everything after it reaches the subscription.
         let page = self.store.read(channel, Read::Latest, 0, Duration::ZERO).await?;
@@ -103,10 +91,7 @@ impl Hub {
             order: Reorder::starting_at(&page.epoch, page.last_seq),
         };
         let task = tokio::spawn(pump.run(sub, self.reconnected.subscribe()));
-        let topic = Arc::new(Topic { tx, task: task.abort_handle(), start });
-        *current = Arc::downgrade(&topic);
-        crate::metrics::topics().set(self.slots.lock().expect("hub lock").len() as i64);
-        Ok(topic)
+        Ok(Arc::new(Topic { tx, task: task.abort_handle(), start }))
     }
 }
 

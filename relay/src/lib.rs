@@ -7,6 +7,7 @@
 //! - [`store`]: Redis history, `seq`/`ts`/epoch assignment, idempotency;
 //! - [`bus`]: NATS with deadlines and server-confirmed publishes;
 //! - [`hub`]: one NATS subscription per broadcast channel per replica, fanned out in seq order;
+//! - [`topics`]: one shared subscription per channel per replica (what `hub` and `live` hold);
 //! - [`live`]: the same for live-only events (Join, Leave, ephemeral messages), coalesced;
 //! - [`presence`]: who is subscribed where, in Redis, across replicas;
 //! - [`order`]: ordering live messages, and markers where that is not possible;
@@ -40,6 +41,7 @@ pub mod settings;
 pub mod store;
 pub mod streams;
 pub mod telemetry;
+pub mod topics;
 
 /// Generated from `proto/relay/v1/relay.proto`.
 pub mod proto {

@@ -6,8 +6,7 @@
 //! folds the rest of that second into one [`Item::Changed`] with counts, so a reconnect storm or a
 //! crowd arriving costs every stream one event per second, not one per user.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -17,7 +16,7 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use crate::bus::Bus;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// Joins and leaves passed one by one per window; the rest are counted.
 pub const BURST: u32 = 32;
@@ -55,40 +54,27 @@ impl Drop for Topic {
     }
 }
 
-type Slots = Mutex<HashMap<String, Arc<tokio::sync::Mutex<Weak<Topic>>>>>;
-
 /// The replica's live topics.
 pub struct Live {
     bus: Bus,
-    slots: Slots,
+    topics: crate::topics::Topics<Topic>,
 }
 
 impl Live {
     pub fn new(bus: Bus) -> Self {
-        Self { bus, slots: Mutex::default() }
+        Self { bus, topics: Default::default() }
     }
 
     /// The channel's topic, subscribing first if this replica has none.
     pub async fn topic(&self, channel: &str) -> Result<Arc<Topic>> {
-        let slot = {
-            let mut slots = self.slots.lock().expect("live lock");
-            if slots.len() > 1024 && slots.len().is_power_of_two() {
-                slots.retain(|_, s| s.try_lock().map_or(true, |t| t.strong_count() > 0));
-            }
-            slots.entry(channel.to_owned()).or_default().clone()
-        };
-        let Ok(mut current) = tokio::time::timeout(crate::bus::NATS_TIMEOUT, slot.lock()).await else {
-            return Err(Error::unavailable("nats", "subscribing to the channel's live events took too long"));
-        };
-        if let Some(t) = current.upgrade() {
-            return Ok(t);
-        }
-        let sub = self.bus.subscribe(names::live_subject(channel), None).await?;
-        let (tx, _) = broadcast::channel(BUFFER);
-        let task = tokio::spawn(pump(channel.to_owned(), sub, tx.clone()));
-        let topic = Arc::new(Topic { tx, task: task.abort_handle() });
-        *current = Arc::downgrade(&topic);
-        Ok(topic)
+        self.topics
+            .get_or_make(channel, || async {
+                let sub = self.bus.subscribe(names::live_subject(channel), None).await?;
+                let (tx, _) = broadcast::channel(BUFFER);
+                let task = tokio::spawn(pump(channel.to_owned(), sub, tx.clone()));
+                Ok(Arc::new(Topic { tx, task: task.abort_handle() }))
+            })
+            .await
     }
 }
 

@@ -4,22 +4,10 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { mkdirSync } from "node:fs";
-import { chromium } from "playwright-core";
+import { launch, open } from "./browser.mjs";
 
 const env = process.env;
 const harness = Boolean(env.RELAY_A && env.RELAY_B && env.PB_URL) && env.E2E === "chat";
-
-async function open(browser, relays, who) {
-  const context = await browser.newContext({ viewport: { width: 800, height: 640 } });
-  const page = await context.newPage();
-  page.on("pageerror", (e) => console.error(`[${who}] page error:`, e));
-  await page.goto(`${relays[0]}/?relays=${relays.join(",")}&pb=${env.PB_URL}`);
-  await page.fill("#email", env[`${who}_EMAIL`]);
-  await page.fill("#password", env[`${who}_PASSWORD`]);
-  await page.click("#login button");
-  await page.waitForSelector('#state[data-state="live"]', { timeout: 10_000 });
-  return page;
-}
 
 async function send(page, text) {
   await page.fill("#text", text);
@@ -29,11 +17,7 @@ async function send(page, text) {
 const texts = (page) => page.$$eval("#messages li .text", (els) => els.map((e) => e.textContent));
 
 test("two people chat across replicas, reload, and survive a replica dying", { skip: !harness }, async () => {
-  const browser = await chromium.launch({
-    executablePath: env.CHROMIUM ?? "/usr/bin/chromium",
-    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-      "--disable-component-update", "--disable-sync"],
-  });
+  const browser = await launch();
   try {
     const alice = await open(browser, [env.RELAY_A, env.RELAY_B], "ALICE");
     const bob = await open(browser, [env.RELAY_B, env.RELAY_A], "BOB");

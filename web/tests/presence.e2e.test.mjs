@@ -5,43 +5,28 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { mkdirSync } from "node:fs";
-import { chromium } from "playwright-core";
+import { launch, open } from "./browser.mjs";
 
 const env = process.env;
 const harness = Boolean(env.RELAY_A && env.RELAY_B && env.PB_URL) && env.E2E === "presence";
 
-async function open(browser, relays, who) {
-  const context = await browser.newContext({ viewport: { width: 800, height: 640 } });
-  const page = await context.newPage();
-  page.on("pageerror", (e) => console.error(`[${who}] page error:`, e));
-  await page.goto(`${relays[0]}/?relays=${relays.join(",")}&pb=${env.PB_URL}`);
-  await page.fill("#email", env[`${who}_EMAIL`]);
-  await page.fill("#password", env[`${who}_PASSWORD`]);
-  await page.click("#login button");
-  await page.waitForSelector('#state[data-state="live"]', { timeout: 10_000 });
-  return page;
-}
-
 const onlineList = (page) => page.$$eval("#members li", (els) => els.map((e) => e.textContent));
 const notes = (page) => page.$$eval("#messages li.event", (els) => els.map((e) => e.textContent.split(" · ")[1]));
 
-async function until(what, check, timeoutMs) {
+/** Waits until `get()` returns `want` (compared as JSON). */
+async function until(what, get, want, timeoutMs) {
   const deadline = Date.now() + timeoutMs;
   let last;
   while (Date.now() < deadline) {
-    last = await check();
-    if (last === true) return;
+    last = await get();
+    if (JSON.stringify(last) === JSON.stringify(want)) return;
     await new Promise((r) => setTimeout(r, 100));
   }
   assert.fail(`timed out after ${timeoutMs} ms waiting for ${what} (last: ${JSON.stringify(last)})`);
 }
 
 test("who is online, joins and leaves, typing, and a replica dying", { skip: !harness }, async () => {
-  const browser = await chromium.launch({
-    executablePath: env.CHROMIUM ?? "/usr/bin/chromium",
-    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-      "--disable-component-update", "--disable-sync"],
-  });
+  const browser = await launch();
   try {
     const alice = await open(browser, [env.RELAY_A, env.RELAY_B], "ALICE");
     const bob = await open(browser, [env.RELAY_B, env.RELAY_A], "BOB");
@@ -49,9 +34,9 @@ test("who is online, joins and leaves, typing, and a replica dying", { skip: !ha
 
     // Everyone sees everyone, whichever replica they are on.
     const all = ["alice", "carol", "you"];
-    await until("Bob's list", async () => JSON.stringify(await onlineList(bob)) === JSON.stringify(all) || (await onlineList(bob)), 10_000);
-    await until("Alice's list", async () => JSON.stringify(await onlineList(alice)) === JSON.stringify(["bob", "carol", "you"]) || (await onlineList(alice)), 10_000);
-    await until("Bob saw Carol join", async () => (await notes(bob)).includes("carol joined") || (await notes(bob)), 10_000);
+    await until("Bob's list", () => onlineList(bob), all, 10_000);
+    await until("Alice's list", () => onlineList(alice), ["bob", "carol", "you"], 10_000);
+    await until("Bob saw Carol join", async () => (await notes(bob)).includes("carol joined"), true, 10_000);
 
     // Alice types: Bob, on the other replica, sees it; it is gone a few seconds after she stops.
     await alice.type("#text", "hel", { delay: 50 });
@@ -63,12 +48,12 @@ test("who is online, joins and leaves, typing, and a replica dying", { skip: !ha
     // once her entry expires (ttl 5s).
     process.kill(Number(env.RELAY_A_PID), "SIGKILL");
     const killed = Date.now();
-    await until("Carol gone from Bob's list", async () => JSON.stringify(await onlineList(bob)) === JSON.stringify(["alice", "you"]) || (await onlineList(bob)), 20_000);
+    await until("Carol gone from Bob's list", () => onlineList(bob), ["alice", "you"], 20_000);
     console.log(`# Carol left Bob's list ${Date.now() - killed} ms after her replica was killed (ttl 5 s)`);
     await alice.waitForSelector('#state[data-state="live"]', { timeout: 15_000 });
     assert.ok((await notes(bob)).includes("carol left"), "a leave line for Carol");
     assert.ok(!(await notes(bob)).includes("alice left"), `Alice never left: ${await notes(bob)}`);
-    await until("Alice's list after her reconnect", async () => JSON.stringify(await onlineList(alice)) === JSON.stringify(["bob", "you"]) || (await onlineList(alice)), 10_000);
+    await until("Alice's list after her reconnect", () => onlineList(alice), ["bob", "you"], 10_000);
     await bob.type("#text", "still here", { delay: 20 });
     await alice.waitForSelector('#typing:text-is("bob is typing…")', { timeout: 3_000 });
 

@@ -6,6 +6,12 @@ use clap::Parser;
 use relay::config::Config;
 use relay::server;
 
+/// jemalloc: glibc's malloc took an eighth of the relay's CPU under publish load (many small,
+/// short-lived allocations per call, freed on other threads): about 10% more publishes per core.
+/// mimalloc gained as much but added 20 KiB to each idle stream's resident memory; jemalloc none.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     // kube and async-nats bring ring, reqwest brings aws-lc-rs: pick one before any TLS is set up.

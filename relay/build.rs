@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = protox::compile([file], [proto_dir])?;
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("relay_descriptor.bin"), prost::Message::encode_to_vec(&fds))?;
-    tonic_prost_build::configure().compile_fds(fds)?;
+    // Small starting buffers per call (relay/src/rpc/codec.rs).
+    tonic_prost_build::configure().codec_path("crate::rpc::codec::Codec").compile_fds(fds)?;
     Ok(())
 }

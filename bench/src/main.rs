@@ -110,6 +110,10 @@ struct Args {
     /// publishing connection), the path for services publishing at a high rate.
     #[arg(long, default_value = "unary", value_parser = ["unary", "stream"])]
     publish_path: String,
+    /// Relay: subscriptions per HTTP/2 connection (1: each its own connection; more: streams
+    /// multiplexed on shared connections, as a service or a gateway subscribing for many users).
+    #[arg(long, default_value_t = 1)]
+    streams_per_connection: usize,
 }
 
 #[tokio::main]
@@ -128,6 +132,7 @@ async fn main() -> anyhow::Result<()> {
         wait_replicas: args.redis_wait_replicas,
         declared: args.declared,
         publish_streams: args.publish_path == "stream",
+        streams_per_connection: args.streams_per_connection.max(1),
     };
     if let Scenario::Presence = args.scenario {
         let report = presence_scenario(&args, dir.path()).await?;
@@ -147,7 +152,11 @@ async fn main() -> anyhow::Result<()> {
             scenario::open_loop(t, &pids, "channels", load).await?
         }
         Scenario::Throughput => scenario::throughput(t, &pids, args.concurrency, args.size, duration).await?,
-        Scenario::Idle => scenario::idle(t, &pids, args.subscribers).await?,
+        Scenario::Idle => {
+            let per_connection =
+                if matches!(args.system, System::Relay) { args.streams_per_connection.max(1) } else { 1 };
+            scenario::idle(t, &pids, args.subscribers, per_connection).await?
+        }
         Scenario::Reconnect => scenario::reconnect_storm(t, &pids, args.subscribers, args.missed).await?,
         Scenario::Presence => unreachable!("run above"),
     };
@@ -164,6 +173,9 @@ fn print(mut report: stats::Report, args: &Args) -> anyhow::Result<()> {
     }
     if args.publish_path == "stream" {
         report.system.push_str(" (publish stream)");
+    }
+    if args.streams_per_connection > 1 {
+        report.system.push_str(&format!(" ({} streams per connection)", args.streams_per_connection));
     }
     if report.published > 0 {
         report.server_cpu_ms_per_1k = report.server.cpu_cores * report.seconds / report.published as f64 * 1e6;
@@ -245,6 +257,7 @@ struct Backends {
     wait_replicas: Option<u32>,
     declared: bool,
     publish_streams: bool,
+    streams_per_connection: usize,
 }
 
 /// The spec `--declared` uses: the example chat channel, without its per-user rate limit and its
@@ -313,7 +326,9 @@ async fn start(
             let mut server = front.clone();
             server.extend(stack.nats.pids());
             server.extend(stack.redis.pids());
-            let target = Target::Relay(RelayTarget::new(addrs, user.token, backends.publish_streams).await?);
+            let target = Target::Relay(
+                RelayTarget::new(addrs, user.token, backends.publish_streams, backends.streams_per_connection).await?,
+            );
             (target, Pids { server, front }, Box::new(stack))
         }
         System::RelaySim => {

@@ -238,7 +238,8 @@ pub async fn throughput(
 }
 
 /// Opens `n` idle subscriptions (100 channels) and reports the front's memory per subscription.
-pub async fn idle(t: Shared, pids: &Pids, n: usize) -> anyhow::Result<Report> {
+/// `per_connection`: subscriptions sharing one connection (relay only; 1 for the others).
+pub async fn idle(t: Shared, pids: &Pids, n: usize, per_connection: usize) -> anyhow::Result<Report> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before: u64 = pids.front.iter().map(|p| stats::rss_bytes(*p)).sum();
     let started = Instant::now();
@@ -252,7 +253,11 @@ pub async fn idle(t: Shared, pids: &Pids, n: usize) -> anyhow::Result<Report> {
     let report = Report {
         system: t.name(),
         scenario: "idle".into(),
-        params: format!("{opened} idle subscriptions over 100 channels, each its own connection"),
+        params: if per_connection > 1 {
+            format!("{opened} idle subscriptions over 100 channels, {per_connection} per connection")
+        } else {
+            format!("{opened} idle subscriptions over 100 channels, each its own connection")
+        },
         seconds: open_s,
         server: sampler.0.finish(),
         front: sampler.1.finish(),

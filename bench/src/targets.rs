@@ -4,8 +4,8 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
 use futures::{Stream, StreamExt};
@@ -92,6 +92,9 @@ pub struct RelayTarget {
     /// With `--publish-path stream`: PublishStream calls that every publish goes through.
     streams: Vec<PublishStream>,
     next: AtomicUsize,
+    /// Subscriptions per connection, and the shared connections (by index) when more than one.
+    per_connection: usize,
+    shared: Mutex<HashMap<usize, Channel>>,
 }
 
 /// One PublishStream call shared by many publishers: each request gets a ref, and a reader task
@@ -144,7 +147,7 @@ impl PublishStream {
 impl RelayTarget {
     /// `streams`: publish through PublishStream calls (one per publishing connection) rather than
     /// unary Publish.
-    pub async fn new(addrs: Vec<String>, token: String, streams: bool) -> anyhow::Result<Self> {
+    pub async fn new(addrs: Vec<String>, token: String, streams: bool, per_connection: usize) -> anyhow::Result<Self> {
         let mut publishers = Vec::new();
         // A few connections per replica for publishing: requests multiplex over each.
         for addr in addrs.iter().cycle().take(addrs.len() * 4) {
@@ -156,7 +159,15 @@ impl RelayTarget {
                 calls.push(PublishStream::open(client, &token).await?);
             }
         }
-        Ok(Self { addrs, token, publishers, streams: calls, next: AtomicUsize::new(0) })
+        Ok(Self {
+            addrs,
+            token,
+            publishers,
+            streams: calls,
+            next: AtomicUsize::new(0),
+            per_connection,
+            shared: Mutex::default(),
+        })
     }
 
     fn request<T>(&self, msg: T) -> tonic::Request<T> {
@@ -167,7 +178,21 @@ impl RelayTarget {
 
     async fn subscribe(&self, channel: &str, after: Option<u64>) -> anyhow::Result<Deliveries> {
         let i = self.next.fetch_add(1, Ordering::Relaxed);
-        let mut client = RelayServiceClient::new(connect(&self.addrs[i % self.addrs.len()]).await?);
+        let conn = i / self.per_connection;
+        let addr = &self.addrs[conn % self.addrs.len()];
+        let conn_channel = if self.per_connection == 1 {
+            connect(addr).await?
+        } else {
+            let known = self.shared.lock().expect("connections").get(&conn).cloned();
+            match known {
+                Some(c) => c,
+                None => {
+                    let c = connect(addr).await?;
+                    self.shared.lock().expect("connections").entry(conn).or_insert(c).clone()
+                }
+            }
+        };
+        let mut client = RelayServiceClient::new(conn_channel);
         let cursor = after.map(|s| Cursor { position: Some(Position::SinceSeq(s)), epoch: String::new() });
         let req = SubscribeRequest { channels: vec![ChannelSubscription { channelid: channel.into(), cursor }] };
         let mut stream = client.subscribe(self.request(req)).await?.into_inner();

@@ -2,6 +2,7 @@
 //! authorize, act, respond). This module holds what they share.
 
 pub mod ack;
+pub mod codec;
 pub mod history;
 pub mod outbox;
 pub mod presence;

@@ -21,8 +21,10 @@ use crate::proto::SubscribeResponse;
 
 pub type ResponseStream = Pin<Box<dyn Stream<Item = Result<SubscribeResponse, Status>> + Send>>;
 
-/// An event, and the share of the queue it holds when it was sent with backpressure.
-type Item = (SubscribeResponse, Option<OwnedSemaphorePermit>);
+/// An event, and the share of the queue it holds when it was sent with backpressure. Boxed: the
+/// queue allocates its slots 32 at a time, and an idle stream's first block of 24-byte slots costs
+/// under 1 KiB where unboxed events (about 200 bytes each) cost 6 KiB.
+type Item = (Box<SubscribeResponse>, Option<OwnedSemaphorePermit>);
 
 /// The stream is gone (client left or it was ended): producers stop.
 #[derive(Debug)]
@@ -63,7 +65,7 @@ impl Outbox {
         tokio::select! {
             r = async {
                 let permit = self.patient.clone().acquire_owned().await.map_err(|_| Closed)?;
-                self.tx.send((event, Some(permit))).await.map_err(|_| Closed)
+                self.tx.send((Box::new(event), Some(permit))).await.map_err(|_| Closed)
             } => r,
             _ = self.end.done.cancelled() => Err(Closed),
         }
@@ -72,7 +74,7 @@ impl Outbox {
     /// Queues without waiting: for live messages. A full queue ends the stream as a slow consumer.
     pub fn offer(&self, event: SubscribeResponse) -> Result<(), Closed> {
         self.busy.store(true, Ordering::Relaxed);
-        match self.tx.try_send((event, None)) {
+        match self.tx.try_send((Box::new(event), None)) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => {
                 crate::metrics::dropped("slow_consumer");
@@ -88,7 +90,7 @@ impl Outbox {
     /// Queues a live-only event (join, leave, ephemeral) without waiting; a full queue drops it
     /// (they are best effort) rather than ending the stream. Err only when the stream has ended.
     pub fn offer_or_skip(&self, event: SubscribeResponse) -> Result<(), Closed> {
-        match self.tx.try_send((event, None)) {
+        match self.tx.try_send((Box::new(event), None)) {
             Ok(()) => {
                 self.busy.store(true, Ordering::Relaxed);
                 Ok(())
@@ -149,7 +151,7 @@ fn drain(
                     let live = permit.is_none() && !m.needs_ack;
                     crate::metrics::delivered(live.then_some(m.ts));
                 }
-                Some((Ok(event), st))
+                Some((Ok(*event), st))
             }
             None => {
                 st.finished = true;

@@ -74,7 +74,7 @@ pub async fn run(
             Step::Next => {}
             Step::Gap { .. } if skipping => {}
             // The moment between this stream's history read and the hub's next message.
-            Step::Gap { after } => repair(relay, ch, &epoch, after, m, outbox).await?,
+            Step::Gap { after } => Box::pin(repair(relay, ch, &epoch, after, m, outbox)).await?,
         }
         skipping = false;
         seq.delivered(m.seq);

@@ -52,7 +52,7 @@ pub async fn run(
                 }
             }
             _ = expired => share.expire(Instant::now()),
-            _ = reconnected.recv() => catch_up(relay, ch, &mut share).await?,
+            _ = reconnected.recv() => Box::pin(catch_up(relay, ch, &mut share)).await?,
         };
         for o in out {
             match o {

@@ -28,6 +28,9 @@ const BARRIER_SUBJECT: &str = "_RELAY.barrier";
 #[derive(Clone)]
 pub struct Bus {
     pub client: async_nats::Client,
+    /// One JetStream context for the process: making one spawns a task and a queue for its acks,
+    /// which per publish cost a task hand-off each.
+    pub jetstream: async_nats::jetstream::Context,
     /// Bumped on every connect and disconnect: a confirm that sees it change cannot vouch for
     /// what was sent before.
     generation: Arc<AtomicU64>,
@@ -51,7 +54,8 @@ impl Bus {
         let rounds =
             Arc::new(Rounds { next: std::sync::Mutex::new(1), wake: Notify::new(), done: watch::channel((0, 0)).0 });
         tokio::spawn(run_rounds(client.clone(), rounds.clone()));
-        Self { client, generation, rounds, problem: Arc::default() }
+        let jetstream = async_nats::jetstream::new(client.clone());
+        Self { client, jetstream, generation, rounds, problem: Arc::default() }
     }
 
     /// Why connecting fails, if known.

@@ -87,8 +87,7 @@ pub async fn publish(bus: &Bus, message: &WireMessage, jetstream: bool) -> Resul
     if jetstream {
         let mut headers = traced.unwrap_or_default();
         headers.insert("Nats-Msg-Id", message.id.as_str());
-        let js = async_nats::jetstream::new(bus.client.clone());
-        let ack = bounded("jetstream publish", js.publish_with_headers(subject, headers, payload)).await?;
+        let ack = bounded("jetstream publish", bus.jetstream.publish_with_headers(subject, headers, payload)).await?;
         bounded("jetstream ack", ack.into_future()).await?;
         Ok(())
     } else {

@@ -92,7 +92,7 @@ pub async fn connect(config: Config) -> anyhow::Result<Arc<Relay>> {
         hub: hub::Hub::new(bus.clone(), store.clone(), reconnected.clone()),
         live: crate::live::Live::new(bus.clone()),
         presence: Arc::new(crate::presence::Presence::new(store.clone(), bus.clone())),
-        jetstream: async_nats::jetstream::new(nats),
+        jetstream: bus.jetstream.clone(),
         rate: rate::RateLimiter::default(),
         streams: streams::Streams::new(config.max_streams_per_user as usize),
         republish: Arc::default(),

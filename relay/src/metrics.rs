@@ -32,6 +32,7 @@ struct Metrics {
     backend_errors: Family<Labels, Counter>,
     presence_changes: Family<Labels, Counter>,
     live_events: Family<Labels, Counter>,
+    append_batch: Histogram,
 }
 
 fn metrics() -> &'static Metrics {
@@ -176,7 +177,14 @@ fn new() -> Metrics {
             "Live events (join, leave, ephemeral) this replica received for its streams; coalesced: joins and leaves folded into PresenceChanged",
             live_events.clone(),
         );
+        let append_batch = Histogram::new(exponential_buckets(1.0, 2.0, 8));
+        registry.register(
+            "append_batch_messages",
+            "Messages per history append call: concurrent publishes to one channel share a call",
+            append_batch.clone(),
+        );
         Metrics {
+            append_batch,
             presence_changes,
             live_events,
             registry,
@@ -226,6 +234,10 @@ pub fn backend_error(backend: &str) {
 
 pub fn observe_publish(d: Duration) {
     metrics().publish_seconds.observe(d.as_secs_f64());
+}
+
+pub fn append_batch(messages: usize) {
+    metrics().append_batch.observe(messages as f64);
 }
 
 pub fn observe_auth_call(d: Duration) {

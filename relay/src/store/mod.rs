@@ -1,11 +1,13 @@
 //! Redis: each channel's history, its `seq`/`ts` counters, its epoch and remembered idempotency keys.
 //!
-//! Two Lua scripts do all of it, each atomically: `append.lua` assigns `seq` (a counter) and `ts`
-//! (Redis's own clock, pushed forward by a nanosecond when it would not increase), adds the entry to
-//! the history stream with id `<seq>-0`, trims by count and by age, and remembers the idempotency
-//! key; `read.lua` reads a page after a cursor together with where the channel stands. Because every
-//! replica goes through the same scripts on the same keys, `seq` and `ts` are strictly increasing per
-//! channel however many replicas publish at once, and no two relays' clocks are ever compared.
+//! Two Lua scripts do all of it, each atomically: `append.lua` appends a batch of messages of one
+//! channel, in turn assigning each a `seq` (a counter) and a `ts` (Redis's own clock, pushed forward
+//! by a nanosecond when it would not increase), adding the entry to the history stream with id
+//! `<seq>-0` and remembering its idempotency key, then trims by count and by age; `read.lua` reads a
+//! page after a cursor together with where the channel stands. Because every replica goes through
+//! the same scripts on the same keys, `seq` and `ts` are strictly increasing per channel however
+//! many replicas publish at once, and no two relays' clocks are ever compared. Concurrent appends
+//! to a channel on one relay go together in one call ([`batch`]: group commit).
 //!
 //! **Epochs.** The channel's meta hash holds an epoch, set by the first append after the hash was
 //! created. When the hash is lost (a Redis without persistence restarting, a failover to a replica
@@ -32,6 +34,8 @@ use relay_channel::{WireMessage, names};
 use relay_connect::redis::Conn;
 
 use crate::error::{Error, Result};
+
+mod batch;
 
 const HELPERS: &str = include_str!("helpers.lua");
 const APPEND: &str = include_str!("append.lua");
@@ -147,6 +151,8 @@ pub struct Store {
     durable: redis::Script,
     /// Set with `--redis-wait-replicas`: appends wait for that many replicas.
     replication: Option<Arc<Replication>>,
+    /// Appends waiting per channel (group commit).
+    batches: Arc<batch::Batches>,
 }
 
 /// Appends that count only once Redis replicas have them (`WAIT` behind each append).
@@ -178,6 +184,7 @@ impl Store {
             read: redis::Script::new(&format!("{HELPERS}\n{READ}")),
             durable: redis::Script::new(&format!("{HELPERS}\n{DURABLE}")),
             replication: None,
+            batches: Arc::default(),
         })
     }
 
@@ -251,66 +258,117 @@ impl Store {
         Ok(())
     }
 
-    /// Appends one message; see the module docs for what the script guarantees.
+    /// Appends one message; see the module docs for what the script guarantees. Concurrent
+    /// appends to a channel share a script call ([`batch`]).
     pub async fn append(&self, mut a: Append<'_>) -> Result<Appended> {
         // Settings come from Redis: whatever they say, Redis and the script get numbers they take.
         a.max_age_secs = a.max_age_secs.min(MAX_AGE_SECS);
-        a.max_messages = a.max_messages.min(MAX_MESSAGES);
-        a.idle_ttl_secs = a.idle_ttl_secs.map(|t| t.min(MAX_AGE_SECS));
-        let idem = a.idempotency_key.map(|k| names::idempotency_key(a.channel, a.userid, k));
-        let idem_ttl = a.max_age_secs.max(MIN_IDEMPOTENCY_TTL);
-        let meta = names::meta_key(a.channel);
+        a.max_messages = a.max_messages.clamp(1, MAX_MESSAGES);
+        a.idle_ttl_secs = a.idle_ttl_secs.map(|t| t.min(MAX_AGE_SECS).max(a.max_age_secs));
+        let (job, answer) = batch::Job::new(&a);
+        self.submit(job, answer).await
+    }
+
+    /// Appends a batch of messages to one channel (all with the same limits) in one script call,
+    /// in order; one answer per message.
+    async fn append_batch(&self, jobs: &[batch::Job]) -> Result<Vec<Appended>> {
+        let Some(first) = jobs.first() else { return Ok(Vec::new()) };
+        let (channel, limits) = (first.channel.as_str(), first.limits);
+        let meta = names::meta_key(channel);
         let mut args = redis::Cmd::new();
-        args.arg(3)
-            .arg(names::history_key(a.channel))
-            .arg(&meta)
+        args.arg(2 + jobs.len()).arg(names::history_key(channel)).arg(&meta);
+        for job in jobs {
             // Without a key, the meta key stands in: every key of a script shares the channel's slot.
-            .arg(idem.as_deref().unwrap_or(&meta))
-            .arg(a.userid)
-            .arg(a.text)
-            .arg(a.id)
-            .arg(a.max_messages.max(1))
-            .arg(a.max_age_secs)
-            .arg(idem_ttl)
-            .arg(if idem.is_some() { "1" } else { "0" })
-            .arg(a.username)
+            match &job.idempotency_key {
+                Some(k) => args.arg(names::idempotency_key(channel, &job.userid, k)),
+                None => args.arg(&meta),
+            };
+        }
+        args.arg(limits.max_messages)
+            .arg(limits.max_age_secs)
+            .arg(limits.max_age_secs.max(MIN_IDEMPOTENCY_TTL))
             .arg(new_epoch())
-            .arg(a.idle_ttl_secs.map_or(0, |t| t.max(a.max_age_secs)));
+            .arg(limits.idle_ttl_secs.unwrap_or(0))
+            .arg(jobs.len());
+        for job in jobs {
+            args.arg(&job.userid)
+                .arg(&job.text)
+                .arg(&job.id)
+                .arg(&job.username)
+                .arg(if job.idempotency_key.is_some() { "1" } else { "0" });
+        }
         let replication = self.replication.as_deref();
-        // One writer for the append and its durable mark: both reach the same master.
+        // One writer for the appends and their durable mark: both reach the same master.
         let conn = match replication {
             Some(r) => &r.writers[r.next.fetch_add(1, Ordering::Relaxed) % r.writers.len()],
             None => &self.conn,
         };
-        let (reply, mut replicated) = self.eval(conn, &self.append, &args, &meta, replication).await?;
-        type Reply = (u8, String, String, String, String, String, String);
-        let (replayed, seq, ts, id, text, username, epoch): Reply =
-            redis::from_redis_value(reply).map_err(|e| Error::unavailable("redis", e.to_string()))?;
-        if replicated && replication.is_some() {
-            // Readers that read only what replicas have may read it now. The mark is checked
-            // against the entry (the same id at that seq, in that epoch) and waited for too, so a
-            // failover neither takes it back nor lets it expose what replicas lack.
-            let mut mark = redis::Cmd::new();
-            mark.arg(2).arg(names::history_key(a.channel)).arg(&meta).arg(&epoch).arg(&seq).arg(&id);
-            let (held, waited) = self.eval(conn, &self.durable, &mark, &meta, replication).await?;
-            let held: u8 = redis::from_redis_value(held).map_err(|e| Error::unavailable("redis", e.to_string()))?;
-            replicated = waited && held == 1;
-        }
+        let (reply, replicated) = self.eval(conn, &self.append, &args, &meta, replication).await?;
         let bad = |what: &str| Error::unavailable("redis", format!("append script returned a bad {what}"));
-        Ok(Appended {
-            message: WireMessage {
-                channelid: a.channel.to_owned(),
-                userid: a.userid.to_owned(),
-                username,
-                text,
-                ts: ts.parse().map_err(|_| bad("ts"))?,
-                seq: seq.parse().map_err(|_| bad("seq"))?,
-                id,
-                epoch,
-            },
-            replayed: replayed == 1,
-            replicated,
-        })
+        let replies: Vec<Vec<redis::Value>> = redis::from_redis_value(reply).map_err(|_| bad("reply"))?;
+        if replies.len() != jobs.len() {
+            return Err(bad("number of replies"));
+        }
+        let mut appended = Vec::with_capacity(jobs.len());
+        for (job, reply) in jobs.iter().zip(replies) {
+            let field = |i: usize| -> Result<String> {
+                reply.get(i).and_then(|v| redis::from_redis_value(v.clone()).ok()).ok_or_else(|| bad("field"))
+            };
+            let replayed = field(0)? == "1";
+            let (username, text, id, epoch) = if replayed {
+                (field(5)?, field(4)?, field(3)?, field(6)?)
+            } else {
+                (job.username.clone(), job.text.clone(), job.id.clone(), field(3)?)
+            };
+            appended.push(Appended {
+                message: WireMessage {
+                    channelid: job.channel.clone(),
+                    userid: job.userid.clone(),
+                    username,
+                    text,
+                    ts: field(2)?.parse().map_err(|_| bad("ts"))?,
+                    seq: field(1)?.parse().map_err(|_| bad("seq"))?,
+                    id,
+                    epoch,
+                },
+                replayed,
+                replicated,
+            });
+        }
+        if replicated && replication.is_some() {
+            self.mark_durable(conn, channel, &meta, &mut appended).await?;
+        }
+        Ok(appended)
+    }
+
+    /// After a WAIT said replicas have a batch: lets readers that read only what replicas hold read
+    /// it. One mark per epoch, at its highest seq (marks only move forward, and replication is in
+    /// order). The mark is checked against the entry (the same id at that seq, in that epoch) and
+    /// waited for too, so a failover neither takes it back nor lets it expose what replicas lack;
+    /// messages whose mark does not hold are answered as not replicated.
+    async fn mark_durable(&self, conn: &Conn, channel: &str, meta: &str, appended: &mut [Appended]) -> Result<()> {
+        let replication = self.replication.as_deref();
+        let mut epochs: Vec<&str> = appended.iter().map(|a| a.message.epoch.as_str()).collect();
+        epochs.dedup();
+        let epochs: Vec<String> = epochs.into_iter().map(str::to_owned).collect();
+        for epoch in epochs {
+            let in_epoch = |a: &&Appended| a.message.epoch == epoch;
+            let Some(top) = appended.iter().filter(in_epoch).max_by_key(|a| a.message.seq) else { continue };
+            let mut mark = redis::Cmd::new();
+            mark.arg(2)
+                .arg(names::history_key(channel))
+                .arg(meta)
+                .arg(&epoch)
+                .arg(top.message.seq.to_string())
+                .arg(&top.message.id);
+            let (held, waited) = self.eval(conn, &self.durable, &mark, meta, replication).await?;
+            let held: u8 = redis::from_redis_value(held).map_err(|e| Error::unavailable("redis", e.to_string()))?;
+            let durable = waited && held == 1;
+            for a in appended.iter_mut().filter(|a| a.message.epoch == epoch) {
+                a.replicated = durable;
+            }
+        }
+        Ok(())
     }
 
     /// Up to `limit` messages and where the channel stands. Messages older than `max_age` (zero:

@@ -1,0 +1,141 @@
+//! The history store on a real Redis: concurrent appends to a channel share script calls (group
+//! commit) and still get strictly increasing seqs and timestamps, each stored once, in order.
+
+use std::collections::{BTreeMap, HashMap};
+
+use futures::future::join_all;
+use relay::store::{After, Append, Read, Store};
+
+/// evalsha calls Redis has served so far.
+async fn script_calls(conn: &mut relay_connect::redis::Conn) -> u64 {
+    let info: String = redis::cmd("INFO").arg("commandstats").query_async(conn).await.unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .map_or(0, |v| v.split(',').next().unwrap().parse().unwrap())
+}
+
+fn append<'a>(channel: &'a str, user: &'a str, text: &'a str, id: &'a str, key: Option<&'a str>) -> Append<'a> {
+    Append {
+        channel,
+        userid: user,
+        username: "User",
+        text,
+        id,
+        idempotency_key: key,
+        max_messages: 100_000,
+        max_age_secs: 0,
+        idle_ttl_secs: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_share_script_calls_and_stay_in_order_each_stored_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = relay_tests::Redis::start(dir.path()).await;
+    let store = Store::new(redis.connection().await).unwrap();
+    let mut conn = redis.connection().await;
+    // Redis has the script from here on.
+    store.append(append("warmup", "u", "x", "w-1", None)).await.unwrap();
+    let before = script_calls(&mut conn).await;
+
+    // 3 channels x 600 appends at once; every tenth carries an idempotency key that another
+    // append of the same channel repeats (same user, same key: a client's retry racing the original).
+    let channels = ["a", "b", "c"];
+    let per_channel = 600;
+    let jobs: Vec<(String, String, String, Option<String>)> = channels
+        .iter()
+        .flat_map(|ch| {
+            (0..per_channel).map(move |i| {
+                let key = (i % 10 == 0 || i % 10 == 1).then(|| format!("k{}", i / 10));
+                (ch.to_string(), format!("{ch}-text-{i}"), format!("{ch}-id-{i}"), key)
+            })
+        })
+        .collect();
+    let results = join_all(jobs.iter().map(|(ch, text, id, key)| {
+        let store = store.clone();
+        async move { store.append(append(ch, "alice", text, id, key.as_deref())).await.unwrap() }
+    }))
+    .await;
+    let calls = script_calls(&mut conn).await - before;
+    let total = jobs.len() as u64;
+    assert!(calls * 4 <= total, "{calls} script calls for {total} appends: concurrent appends were not batched");
+
+    for ch in channels {
+        let mine: Vec<_> = jobs.iter().zip(&results).filter(|((c, ..), _)| c == ch).collect();
+        // Each idempotency key stored once: both appends answer the same message.
+        let mut by_key: HashMap<&str, Vec<&relay::store::Appended>> = HashMap::new();
+        for ((_, _, _, key), r) in &mine {
+            if let Some(k) = key {
+                by_key.entry(k.as_str()).or_default().push(r);
+            }
+        }
+        for (k, rs) in &by_key {
+            assert_eq!(rs.len(), 2);
+            assert_eq!((rs[0].message.seq, &rs[0].message.id), (rs[1].message.seq, &rs[1].message.id), "key {k}");
+            assert_eq!(rs.iter().filter(|r| r.replayed).count(), 1, "key {k}: one stored, one replayed");
+        }
+        // Stored messages: seqs 1..=n exactly once, ts strictly increasing with seq, one epoch.
+        let stored: BTreeMap<u64, &relay_channel::WireMessage> =
+            mine.iter().filter(|(_, r)| !r.replayed).map(|(_, r)| (r.message.seq, &r.message)).collect();
+        let n = (per_channel - per_channel / 10) as u64;
+        assert_eq!(stored.len() as u64, n, "{ch}: every append but the repeats stored, each with its own seq");
+        assert_eq!(stored.keys().copied().collect::<Vec<_>>(), (1..=n).collect::<Vec<_>>(), "{ch}: no gaps");
+        let ts: Vec<i64> = stored.values().map(|m| m.ts).collect();
+        assert!(ts.windows(2).all(|w| w[0] < w[1]), "{ch}: ts strictly increasing with seq");
+        let epochs: std::collections::HashSet<&str> = stored.values().map(|m| m.epoch.as_str()).collect();
+        assert_eq!(epochs.len(), 1);
+        // Each answer is what it sent (a replay answers the original's text and id).
+        for ((_, text, id, _), r) in &mine {
+            if !r.replayed {
+                assert_eq!((&r.message.text, &r.message.id), (text, id));
+            }
+        }
+        // History holds exactly those, in order, with their fields.
+        let page = store.read(ch, Read::After(After::Seq(0)), 10_000, std::time::Duration::ZERO).await.unwrap();
+        assert_eq!(page.last_seq, n);
+        let read: Vec<_> = page.messages.iter().map(|m| (m.seq, m.ts, m.id.clone(), m.text.clone())).collect();
+        let want: Vec<_> = stored.values().map(|m| (m.seq, m.ts, m.id.clone(), m.text.clone())).collect();
+        assert_eq!(read, want, "{ch}: history is what was answered");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_with_other_limits_go_in_their_own_batch_and_a_lost_history_starts_a_new_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = relay_tests::Redis::start(dir.path()).await;
+    let store = Store::new(redis.connection().await).unwrap();
+    // Half keep 5 messages, half 1,000: the queue splits where the limits change, and a batch never
+    // applies one append's limits to another.
+    let texts: Vec<String> = (0..200).map(|i| format!("m{i}")).collect();
+    let results = join_all(texts.iter().enumerate().map(|(i, text)| {
+        let store = store.clone();
+        let id = format!("id-{i}");
+        async move {
+            let mut a = append("limits", "bob", text, &id, None);
+            a.max_messages = if i % 2 == 0 { 5 } else { 1000 };
+            store.append(a).await.unwrap().message
+        }
+    }))
+    .await;
+    let mut seqs: Vec<u64> = results.iter().map(|m| m.seq).collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=200).collect::<Vec<_>>());
+
+    // The channel's meta is lost (a Redis without persistence restarting): the next appends start
+    // a new epoch at seq 1, in one batch or several.
+    let mut conn = redis.connection().await;
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
+    let old_epoch = results[0].epoch.clone();
+    let after = join_all((0..50).map(|i| {
+        let store = store.clone();
+        async move {
+            let (text, id) = (format!("n{i}"), format!("new-{i}"));
+            store.append(append("limits", "bob", &text, &id, None)).await.unwrap().message
+        }
+    }))
+    .await;
+    let mut seqs: Vec<u64> = after.iter().map(|m| m.seq).collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=50).collect::<Vec<_>>());
+    assert!(after.iter().all(|m| m.epoch == after[0].epoch && m.epoch != old_epoch));
+}

@@ -2,7 +2,7 @@
 # Runs every benchmark scenario against the relay, Centrifugo (memory and Redis engines) and raw
 # NATS on this machine, in one run, then writes docs/benchmarks.md and docs/benchmarks.png.
 # Each figure is the median of RUNS runs (3 by default), alternated between the systems; the
-# servers run on CPU 0 and loadgen on the others. Takes about 50 minutes. Not part of the tests
+# servers run on CPU 0 and loadgen on the others. Takes about 60 minutes. Not part of the tests
 # (a smoke run of loadgen is).
 #   scripts/bench.sh            # everything
 #   SECONDS_PER_RUN=5 RUNS=1 scripts/bench.sh
@@ -46,22 +46,30 @@ scenarios=(
   "fanout --subscribers 1000 --rate 100 --seconds $secs"
   "channels --channels 1000 --rate 2000 --seconds $secs"
   "throughput --concurrency 64 --seconds $secs"
+  "channels --channels 1000 --rate 2000 --saturate --seconds 5"
+  "fanout --subscribers 1000 --rate 100 --saturate --seconds 5"
   "idle --subscribers 10000"
+  "idle --subscribers 10000 --streams-per-connection 100"
   "reconnect --subscribers 1000 --missed 20"
   "presence --members 10000"
 )
 for scenario in "${scenarios[@]}"; do
   case $scenario in
+    *--streams-per-connection*) systems=(relay) ;;
+    *--saturate*) systems=(relay "relay --declared" "relay --declared --publish-path stream" centrifugo-memory centrifugo-redis nats) ;;
     idle*|reconnect*) systems=("${connecting[@]}") ;;
     presence*) systems=(relay centrifugo-memory centrifugo-redis) ;;
     *) systems=("${publishing[@]}") ;;
   esac
+  # A saturation search is many trials already: once per system.
+  scenario_runs=$runs
+  case $scenario in *--saturate*) scenario_runs=1 ;; esac
   # Runs alternate between the systems, so that a slow minute of the machine hits them all.
-  for run in $(seq "$runs"); do
+  for run in $(seq "$scenario_runs"); do
     for system in "${systems[@]}"; do
       cmd="target/release/loadgen $pin --system $system --scenario $scenario"
       [ "$run" = 1 ] && echo "$cmd" >>"$commands"
-      echo "[$run/$runs] $cmd" >&2
+      echo "[$run/$scenario_runs] $cmd" >&2
       if ! $cmd >>"$results" 2>"$out/last.err"; then
         echo "  failed: $(tail -3 "$out/last.err")" >&2
       else

@@ -19,8 +19,9 @@ results_path, commands_path, md_path, png_path = sys.argv[1:5]
 rows = [json.loads(line) for line in open(results_path) if line.strip()]
 commands = [c.strip() for c in open(commands_path) if c.strip()]
 SYSTEMS = ["relay", "relay (declared)", "relay (declared) (publish stream)", "relay-sim", "relay-sim (declared)",
-           "centrifugo (memory)", "centrifugo (redis)", "nats (raw)"]
-SCENARIOS = ["fanout", "channels", "throughput", "idle", "reconnect", "presence"]
+           "relay (100 streams per connection)", "centrifugo (memory)", "centrifugo (redis)", "nats (raw)"]
+SCENARIOS = ["fanout", "channels", "throughput", "channels (saturation)", "fanout (saturation)", "idle", "reconnect",
+             "presence"]
 
 
 def key(r):

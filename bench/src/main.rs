@@ -16,6 +16,7 @@
 
 mod centrifugo;
 mod presence;
+mod saturation;
 mod scenario;
 mod stats;
 mod targets;
@@ -114,6 +115,10 @@ struct Args {
     /// multiplexed on shared connections, as a service or a gateway subscribing for many users).
     #[arg(long, default_value_t = 1)]
     streams_per_connection: usize,
+    /// fanout and channels: search for the highest rate with everything delivered and p99 within
+    /// 50 ms (short trials of --seconds each, doubling from --rate, then bisecting) and report it.
+    #[arg(long)]
+    saturate: bool,
 }
 
 #[tokio::main]
@@ -143,13 +148,17 @@ async fn main() -> anyhow::Result<()> {
     let t = Arc::new(target);
     let duration = Duration::from_secs(args.seconds);
     let report = match args.scenario {
-        Scenario::Fanout => {
-            let load = Load { channels: 1, per_channel: args.subscribers, rate: args.rate, size: args.size, duration };
-            scenario::open_loop(t, &pids, "fanout", load).await?
-        }
-        Scenario::Channels => {
-            let load = Load { channels: args.channels, per_channel: 2, rate: args.rate, size: args.size, duration };
-            scenario::open_loop(t, &pids, "channels", load).await?
+        Scenario::Fanout | Scenario::Channels => {
+            let (name, channels, per_channel) = match args.scenario {
+                Scenario::Fanout => ("fanout", 1, args.subscribers),
+                _ => ("channels", args.channels, 2),
+            };
+            let load = Load { channels, per_channel, rate: args.rate, size: args.size, duration };
+            if args.saturate {
+                saturation::search(t, &pids, name, load).await?
+            } else {
+                scenario::open_loop(t, &pids, name, load).await?
+            }
         }
         Scenario::Throughput => scenario::throughput(t, &pids, args.concurrency, args.size, duration).await?,
         Scenario::Idle => {

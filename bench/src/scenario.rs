@@ -89,6 +89,7 @@ async fn merge(handles: Vec<tokio::task::JoinHandle<Histogram<u64>>>) -> Histogr
 
 /// An open-loop load: `rate` messages per second over `channels` channels for `duration`, with
 /// `per_channel` subscribers on each.
+#[derive(Clone, Copy)]
 pub struct Load {
     pub channels: usize,
     pub per_channel: usize,

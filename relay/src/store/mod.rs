@@ -146,13 +146,18 @@ impl Page {
 #[derive(Clone)]
 pub struct Store {
     conn: Conn,
-    append: redis::Script,
-    read: redis::Script,
-    durable: redis::Script,
+    /// Shared: a clone of the store (one per publish) copies no script source.
+    scripts: Arc<Scripts>,
     /// Set with `--redis-wait-replicas`: appends wait for that many replicas.
     replication: Option<Arc<Replication>>,
     /// Appends waiting per channel (group commit).
     batches: Arc<batch::Batches>,
+}
+
+struct Scripts {
+    append: redis::Script,
+    read: redis::Script,
+    durable: redis::Script,
 }
 
 /// Appends that count only once Redis replicas have them (`WAIT` behind each append).
@@ -180,9 +185,11 @@ impl Store {
     pub fn new(conn: Conn) -> Result<Self> {
         Ok(Self {
             conn,
-            append: redis::Script::new(&format!("{HELPERS}\n{APPEND}")),
-            read: redis::Script::new(&format!("{HELPERS}\n{READ}")),
-            durable: redis::Script::new(&format!("{HELPERS}\n{DURABLE}")),
+            scripts: Arc::new(Scripts {
+                append: redis::Script::new(&format!("{HELPERS}\n{APPEND}")),
+                read: redis::Script::new(&format!("{HELPERS}\n{READ}")),
+                durable: redis::Script::new(&format!("{HELPERS}\n{DURABLE}")),
+            }),
             replication: None,
             batches: Arc::default(),
         })
@@ -303,7 +310,7 @@ impl Store {
             Some(r) => &r.writers[r.next.fetch_add(1, Ordering::Relaxed) % r.writers.len()],
             None => &self.conn,
         };
-        let (reply, replicated) = self.eval(conn, &self.append, &args, &meta, replication).await?;
+        let (reply, replicated) = self.eval(conn, &self.scripts.append, &args, &meta, replication).await?;
         let bad = |what: &str| Error::unavailable("redis", format!("append script returned a bad {what}"));
         let replies: Vec<Vec<redis::Value>> = redis::from_redis_value(reply).map_err(|_| bad("reply"))?;
         if replies.len() != jobs.len() {
@@ -361,7 +368,7 @@ impl Store {
                 .arg(&epoch)
                 .arg(top.message.seq.to_string())
                 .arg(&top.message.id);
-            let (held, waited) = self.eval(conn, &self.durable, &mark, meta, replication).await?;
+            let (held, waited) = self.eval(conn, &self.scripts.durable, &mark, meta, replication).await?;
             let held: u8 = redis::from_redis_value(held).map_err(|e| Error::unavailable("redis", e.to_string()))?;
             let durable = waited && held == 1;
             for a in appended.iter_mut().filter(|a| a.message.epoch == epoch) {
@@ -381,7 +388,8 @@ impl Store {
         };
         let mut conn = self.conn.clone();
         let (header, oldest_seq, oldest_ts, entries, cut) = bounded(
-            self.read
+            self.scripts
+                .read
                 .key(names::history_key(channel))
                 .key(names::meta_key(channel))
                 .arg(mode)

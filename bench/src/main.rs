@@ -139,6 +139,12 @@ async fn main() -> anyhow::Result<()> {
         publish_streams: args.publish_path == "stream",
         streams_per_connection: args.streams_per_connection.max(1),
     };
+    if args.pin {
+        // Servers start on CPU 0 (they inherit this process's CPUs): each runtime (tokio, Go)
+        // sizes itself to the one CPU it gets, as it would under a CPU limit. Pinning them only
+        // once started left two worker threads time-sharing one CPU.
+        taskset("0", std::process::id())?;
+    }
     if let Scenario::Presence = args.scenario {
         let report = presence_scenario(&args, dir.path()).await?;
         return print(report, &args);
@@ -283,20 +289,41 @@ fn declared_spec(nats_nodes: usize) -> anyhow::Result<serde_json::Value> {
 }
 
 /// Pins the servers' processes (every thread) to CPU 0 and this process to the others.
+/// Puts every thread of process `pid` on `cpus`.
+fn taskset(cpus: &str, pid: u32) -> anyhow::Result<()> {
+    let out = std::process::Command::new("taskset").args(["-a", "-p", "-c", cpus, &pid.to_string()]).output()?;
+    anyhow::ensure!(out.status.success(), "taskset {pid}: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(())
+}
+
+/// The servers (started on CPU 0 already) stay there, with every thread they made since; this
+/// process moves to the other CPUs.
 fn pin(servers: &[u32]) -> anyhow::Result<String> {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpus = cpu_count();
     anyhow::ensure!(cpus >= 2, "--pin needs two CPUs, this machine has {cpus}");
-    let taskset = |cpus: &str, pid: u32| -> anyhow::Result<()> {
-        let out = std::process::Command::new("taskset").args(["-a", "-p", "-c", cpus, &pid.to_string()]).output()?;
-        anyhow::ensure!(out.status.success(), "taskset {pid}: {}", String::from_utf8_lossy(&out.stderr));
-        Ok(())
-    };
     for pid in servers {
         taskset("0", *pid)?;
     }
     let load = if cpus == 2 { "1".to_owned() } else { format!("1-{}", cpus - 1) };
     taskset(&load, std::process::id())?;
-    Ok(format!("servers on CPU 0, load generator on CPU {load}"))
+    Ok(format!("servers started on CPU 0 (runtimes sized to it), load generator on CPU {load}"))
+}
+
+/// The machine's CPUs (not this process's: it may be pinned to one already).
+fn cpu_count() -> usize {
+    std::fs::read_to_string("/sys/devices/system/cpu/online")
+        .ok()
+        .and_then(|s| {
+            s.trim()
+                .split(',')
+                .map(|r| r.split('-').filter_map(|n| n.parse::<usize>().ok()).collect::<Vec<_>>())
+                .try_fold(0, |n, r| match r.as_slice() {
+                    [_] => Some(n + 1),
+                    [lo, hi] => Some(n + hi - lo + 1),
+                    _ => None,
+                })
+        })
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 async fn start(

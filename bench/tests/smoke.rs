@@ -56,6 +56,6 @@ fn loadgen_measures_the_declared_path_and_the_ceiling_pinned() {
         assert!(report["published"].as_u64().unwrap() > 0, "{report}");
         assert_eq!(report["delivered"], report["expected"], "{report}");
         assert!(report["server_cpu_ms_per_1k"].as_f64().unwrap() > 0.0, "{report}");
-        assert!(report["pinning"].as_str().unwrap().starts_with("servers on CPU 0"), "{report}");
+        assert!(report["pinning"].as_str().unwrap().starts_with("servers started on CPU 0"), "{report}");
     }
 }

@@ -139,3 +139,32 @@ async fn appends_with_other_limits_go_in_their_own_batch_and_a_lost_history_star
     assert_eq!(seqs, (1..=50).collect::<Vec<_>>());
     assert!(after.iter().all(|m| m.epoch == after[0].epoch && m.epoch != old_epoch));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_bad_reply_fails_its_own_publish_not_the_batch_stored_beside_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = relay_tests::Redis::start(dir.path()).await;
+    let store = Store::new(redis.connection().await).unwrap();
+    // An idempotency record someone else wrote, missing the fields a replay answers with.
+    let mut conn = redis.connection().await;
+    let key = relay_channel::names::idempotency_key("odd", "carol", "k-odd");
+    let _: () = redis::cmd("HSET").arg(&key).arg("seq").arg(7).query_async(&mut conn).await.unwrap();
+    let texts: Vec<String> = (0..100).map(|i| format!("t{i}")).collect();
+    let results = join_all(texts.iter().enumerate().map(|(i, text)| {
+        let store = store.clone();
+        let id = format!("id-{i}");
+        async move { store.append(append("odd", "carol", text, &id, (i == 50).then_some("k-odd"))).await }
+    }))
+    .await;
+    for (i, r) in results.iter().enumerate() {
+        if i == 50 {
+            let e = r.as_ref().err().expect("the odd record's replay is refused");
+            assert!(matches!(e, relay::error::Error::Unavailable { .. }), "{e:?}");
+        } else {
+            assert!(r.is_ok(), "publish {i}: {:?}", r.as_ref().err());
+        }
+    }
+    let mut seqs: Vec<u64> = results.iter().flatten().map(|a| a.message.seq).collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=99).collect::<Vec<_>>());
+}

@@ -88,7 +88,7 @@ impl Job {
 impl Batches {
     /// Queues `job`; returns the id of the flusher to start when the channel had none.
     fn push(&self, job: Job) -> Result<Option<u64>> {
-        let mut queues = self.queues.lock().expect("batches lock");
+        let mut queues = lock(&self.queues);
         if let Some(q) = queues.get_mut(&job.channel) {
             if q.jobs.len() >= MAX_WAITING {
                 return Err(Error::ResourceExhausted(format!(
@@ -107,7 +107,7 @@ impl Batches {
 
     /// The next batch for `channel`, or None (and the queue is gone) when nothing waits.
     fn next(&self, channel: &str) -> Option<Vec<Job>> {
-        let mut queues = self.queues.lock().expect("batches lock");
+        let mut queues = lock(&self.queues);
         let q = queues.get_mut(channel)?;
         let Some(first) = q.jobs.front() else {
             queues.remove(channel);
@@ -128,6 +128,12 @@ impl Batches {
     }
 }
 
+/// The queues, whatever a panic elsewhere left (a poisoned lock must not take down every later
+/// publish, nor abort the process from [`Leave`]'s drop while unwinding).
+fn lock(queues: &Mutex<HashMap<String, Queue>>) -> std::sync::MutexGuard<'_, HashMap<String, Queue>> {
+    queues.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Removes a flusher's queue if it ends without emptying it (a panic): its waiters are answered
 /// (their senders dropped) instead of waiting for a flusher that is gone.
 struct Leave<'a> {
@@ -138,7 +144,7 @@ struct Leave<'a> {
 
 impl Drop for Leave<'_> {
     fn drop(&mut self) {
-        let mut queues = self.batches.queues.lock().expect("batches lock");
+        let mut queues = lock(&self.batches.queues);
         if queues.get(self.channel).is_some_and(|q| q.flusher == self.flusher) {
             queues.remove(self.channel);
         }
@@ -176,7 +182,7 @@ impl Store {
             match self.append_batch(&batch).await {
                 Ok(results) => {
                     for (job, result) in batch.into_iter().zip(results) {
-                        let _ = job.done.send(Ok(result));
+                        let _ = job.done.send(result);
                     }
                 }
                 Err(e) => {

@@ -278,7 +278,8 @@ impl Store {
 
     /// Appends a batch of messages to one channel (all with the same limits) in one script call,
     /// in order; one answer per message.
-    async fn append_batch(&self, jobs: &[batch::Job]) -> Result<Vec<Appended>> {
+    /// The outer error: the call failed (whether it stored anything is unknown).
+    async fn append_batch(&self, jobs: &[batch::Job]) -> Result<Vec<Result<Appended>>> {
         let Some(first) = jobs.first() else { return Ok(Vec::new()) };
         let (channel, limits) = (first.channel.as_str(), first.limits);
         let meta = names::meta_key(channel);
@@ -311,39 +312,16 @@ impl Store {
             None => &self.conn,
         };
         let (reply, replicated) = self.eval(conn, &self.scripts.append, &args, &meta, replication).await?;
-        let bad = |what: &str| Error::unavailable("redis", format!("append script returned a bad {what}"));
-        let replies: Vec<Vec<redis::Value>> = redis::from_redis_value(reply).map_err(|_| bad("reply"))?;
+        let replies: Vec<redis::Value> = redis::from_redis_value(reply).map_err(|_| bad_reply("reply (not a list)"))?;
         if replies.len() != jobs.len() {
-            return Err(bad("number of replies"));
+            return Err(bad_reply("number of replies"));
         }
-        let mut appended = Vec::with_capacity(jobs.len());
-        for (job, reply) in jobs.iter().zip(replies) {
-            let field = |i: usize| -> Result<String> {
-                reply.get(i).and_then(|v| redis::from_redis_value(v.clone()).ok()).ok_or_else(|| bad("field"))
-            };
-            let replayed = field(0)? == "1";
-            let (username, text, id, epoch) = if replayed {
-                (field(5)?, field(4)?, field(3)?, field(6)?)
-            } else {
-                (job.username.clone(), job.text.clone(), job.id.clone(), field(3)?)
-            };
-            appended.push(Appended {
-                message: WireMessage {
-                    channelid: job.channel.clone(),
-                    userid: job.userid.clone(),
-                    username,
-                    text,
-                    ts: field(2)?.parse().map_err(|_| bad("ts"))?,
-                    seq: field(1)?.parse().map_err(|_| bad("seq"))?,
-                    id,
-                    epoch,
-                },
-                replayed,
-                replicated,
-            });
-        }
+        // Each message answered on its own: one odd reply (a replayed key's record written by
+        // something else, say) fails that publish, not the batch stored beside it.
+        let mut appended: Vec<Result<Appended>> =
+            jobs.iter().zip(replies).map(|(job, reply)| parse_appended(job, reply, replicated)).collect();
         if replicated && replication.is_some() {
-            self.mark_durable(conn, channel, &meta, &mut appended).await?;
+            self.mark_durable(conn, channel, &meta, &mut appended).await;
         }
         Ok(appended)
     }
@@ -353,14 +331,16 @@ impl Store {
     /// order). The mark is checked against the entry (the same id at that seq, in that epoch) and
     /// waited for too, so a failover neither takes it back nor lets it expose what replicas lack;
     /// messages whose mark does not hold are answered as not replicated.
-    async fn mark_durable(&self, conn: &Conn, channel: &str, meta: &str, appended: &mut [Appended]) -> Result<()> {
+    /// A mark that fails (Redis away, no answer in time) leaves its messages not replicated: they
+    /// are answered "stored, retry with the same key" and announced once a retry confirms them.
+    async fn mark_durable(&self, conn: &Conn, channel: &str, meta: &str, appended: &mut [Result<Appended>]) {
         let replication = self.replication.as_deref();
-        let mut epochs: Vec<&str> = appended.iter().map(|a| a.message.epoch.as_str()).collect();
+        let mut epochs: Vec<String> = appended.iter().flatten().map(|a| a.message.epoch.clone()).collect();
+        epochs.sort_unstable();
         epochs.dedup();
-        let epochs: Vec<String> = epochs.into_iter().map(str::to_owned).collect();
         for epoch in epochs {
             let in_epoch = |a: &&Appended| a.message.epoch == epoch;
-            let Some(top) = appended.iter().filter(in_epoch).max_by_key(|a| a.message.seq) else { continue };
+            let Some(top) = appended.iter().flatten().filter(in_epoch).max_by_key(|a| a.message.seq) else { continue };
             let mut mark = redis::Cmd::new();
             mark.arg(2)
                 .arg(names::history_key(channel))
@@ -368,14 +348,17 @@ impl Store {
                 .arg(&epoch)
                 .arg(top.message.seq.to_string())
                 .arg(&top.message.id);
-            let (held, waited) = self.eval(conn, &self.scripts.durable, &mark, meta, replication).await?;
-            let held: u8 = redis::from_redis_value(held).map_err(|e| Error::unavailable("redis", e.to_string()))?;
-            let durable = waited && held == 1;
-            for a in appended.iter_mut().filter(|a| a.message.epoch == epoch) {
+            let durable = match self.eval(conn, &self.scripts.durable, &mark, meta, replication).await {
+                Ok((held, waited)) => waited && redis::from_redis_value::<u8>(held).is_ok_and(|h| h == 1),
+                Err(e) => {
+                    tracing::debug!(%channel, error = %e, "durable mark failed; the batch counts as not replicated");
+                    false
+                }
+            };
+            for a in appended.iter_mut().flatten().filter(|a| a.message.epoch == epoch) {
                 a.replicated = durable;
             }
         }
-        Ok(())
     }
 
     /// Up to `limit` messages and where the channel stands. Messages older than `max_age` (zero:
@@ -445,6 +428,39 @@ async fn bounded<T>(call: impl Future<Output = redis::RedisResult<T>>) -> Result
         Ok(r) => Ok(r?),
         Err(_) => Err(Error::unavailable("redis", format!("no answer within {REDIS_TIMEOUT:?}"))),
     }
+}
+
+fn bad_reply(what: &str) -> Error {
+    Error::unavailable("redis", format!("append script returned a bad {what}"))
+}
+
+/// One message's reply from `append.lua`: `{0, seq, ts, epoch}` for an append, or
+/// `{1, seq, ts, id, text, username, epoch}` for a replayed idempotency key.
+fn parse_appended(job: &batch::Job, reply: redis::Value, replicated: bool) -> Result<Appended> {
+    let reply: Vec<redis::Value> = redis::from_redis_value(reply).map_err(|_| bad_reply("entry"))?;
+    let field = |i: usize| -> Result<String> {
+        reply.get(i).and_then(|v| redis::from_redis_value(v.clone()).ok()).ok_or_else(|| bad_reply("field"))
+    };
+    let replayed = field(0)? == "1";
+    let (username, text, id, epoch) = if replayed {
+        (field(5)?, field(4)?, field(3)?, field(6)?)
+    } else {
+        (job.username.clone(), job.text.clone(), job.id.clone(), field(3)?)
+    };
+    Ok(Appended {
+        message: WireMessage {
+            channelid: job.channel.clone(),
+            userid: job.userid.clone(),
+            username,
+            text,
+            ts: field(2)?.parse().map_err(|_| bad_reply("ts"))?,
+            seq: field(1)?.parse().map_err(|_| bad_reply("seq"))?,
+            id,
+            epoch,
+        },
+        replayed,
+        replicated,
+    })
 }
 
 /// A fresh epoch: the time in milliseconds (so epochs sort by when they began) and randomness (so

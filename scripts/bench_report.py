@@ -70,7 +70,8 @@ machine = [
     f"- load generator, servers and backends all on this one machine, over loopback",
     f"- nats-server: {cmd(['nats-server', '--version'])}; redis: {cmd(['redis-server', '--version'])}",
     f"- Centrifugo: {cmd([os.environ.get('CENTRIFUGO_BIN', 'centrifugo'), 'version'])}",
-    f"- run at {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+    # When the last result was written (the report may be made again later from the same results).
+    f"- run at {datetime.fromtimestamp(os.path.getmtime(results_path), timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
 ]
 
 fmt = lambda v, d=0: "-" if v is None else f"{v:,.{d}f}"  # noqa: E731
@@ -110,7 +111,14 @@ for scenario in SCENARIOS:
     present = [r for r in present if r]
     if not present:
         continue
-    out += [f"## {scenario}", "", f"{present[0].get('params') or ''}", ""]
+    if scenario.endswith("(saturation)"):
+        about = ("Saturation search, one per system: the highest offered rate (doubling from the start rate, then "
+                 "bisecting, 5 s trials) with everything delivered, no errors, the offered rate published and p99 "
+                 "publish-to-delivery <= 50 ms. Each row is that trial (its rate in `published/s`); the note lists "
+                 "every trial. Load: " + (present[0].get('params') or '').split(', ')[0] + ".")
+    else:
+        about = present[0].get('params') or ''
+    out += [f"## {scenario}", "", about, ""]
     if scenario == "presence":
         out += ["| system | steady state s | spread | counted | joined s | Redis commands / join | join/leave events per member | Presence p50 / p99 ms (back to back) | Presence p50 / p99 ms (once a second) | listed | PresenceStats p50 / p99 ms | all gone s | server CPU (join) | server RSS MB |",
                 "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]

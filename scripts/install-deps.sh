@@ -9,6 +9,8 @@ command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v curl >/dev/null || need_apt+=(curl)
 command -v chromium >/dev/null || need_apt+=(chromium)   # the browser test (driven by playwright-core)
 command -v openssl >/dev/null || need_apt+=(openssl)     # keys for the test kube-apiserver
+command -v make >/dev/null || need_apt+=(make)           # jemalloc (the relay's allocator) builds with it
+command -v cc >/dev/null || need_apt+=(gcc)              # jemalloc and aws-lc-rs compile C
 if [ "${#need_apt[@]}" -gt 0 ]; then
   echo "installing ${need_apt[*]} (apt)"
   apt-get update -qq

@@ -140,6 +140,9 @@ async fn main() -> anyhow::Result<()> {
         streams_per_connection: args.streams_per_connection.max(1),
     };
     if args.pin {
+        // Counted (and remembered) before this process is put on one CPU.
+        let cpus = cpu_count();
+        anyhow::ensure!(cpus >= 2, "--pin needs two CPUs, this machine has {cpus}");
         // Servers start on CPU 0 (they inherit this process's CPUs): each runtime (tokio, Go)
         // sizes itself to the one CPU it gets, as it would under a CPU limit. Pinning them only
         // once started left two worker threads time-sharing one CPU.
@@ -300,7 +303,6 @@ fn taskset(cpus: &str, pid: u32) -> anyhow::Result<()> {
 /// process moves to the other CPUs.
 fn pin(servers: &[u32]) -> anyhow::Result<String> {
     let cpus = cpu_count();
-    anyhow::ensure!(cpus >= 2, "--pin needs two CPUs, this machine has {cpus}");
     for pid in servers {
         taskset("0", *pid)?;
     }
@@ -309,21 +311,10 @@ fn pin(servers: &[u32]) -> anyhow::Result<String> {
     Ok(format!("servers started on CPU 0 (runtimes sized to it), load generator on CPU {load}"))
 }
 
-/// The machine's CPUs (not this process's: it may be pinned to one already).
+/// The machine's CPUs, as this process found them before `--pin` put it on one.
 fn cpu_count() -> usize {
-    std::fs::read_to_string("/sys/devices/system/cpu/online")
-        .ok()
-        .and_then(|s| {
-            s.trim()
-                .split(',')
-                .map(|r| r.split('-').filter_map(|n| n.parse::<usize>().ok()).collect::<Vec<_>>())
-                .try_fold(0, |n, r| match r.as_slice() {
-                    [_] => Some(n + 1),
-                    [lo, hi] => Some(n + hi - lo + 1),
-                    _ => None,
-                })
-        })
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 async fn start(

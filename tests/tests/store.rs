@@ -28,11 +28,17 @@ fn append<'a>(channel: &'a str, user: &'a str, text: &'a str, id: &'a str, key: 
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_appends_share_script_calls_and_stay_in_order_each_stored_once() {
+/// A Redis of its own (kept while the directory lives) and a store on it.
+async fn started() -> (tempfile::TempDir, relay_tests::Redis, Store) {
     let dir = tempfile::tempdir().unwrap();
     let redis = relay_tests::Redis::start(dir.path()).await;
     let store = Store::new(redis.connection().await).unwrap();
+    (dir, redis, store)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_share_script_calls_and_stay_in_order_each_stored_once() {
+    let (_dir, redis, store) = started().await;
     let mut conn = redis.connection().await;
     // Redis has the script from here on.
     store.append(append("warmup", "u", "x", "w-1", None)).await.unwrap();
@@ -101,9 +107,7 @@ async fn concurrent_appends_share_script_calls_and_stay_in_order_each_stored_onc
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn appends_with_other_limits_go_in_their_own_batch_and_a_lost_history_starts_a_new_epoch() {
-    let dir = tempfile::tempdir().unwrap();
-    let redis = relay_tests::Redis::start(dir.path()).await;
-    let store = Store::new(redis.connection().await).unwrap();
+    let (_dir, redis, store) = started().await;
     // Half keep 5 messages, half 1,000: the queue splits where the limits change, and a batch never
     // applies one append's limits to another.
     let texts: Vec<String> = (0..200).map(|i| format!("m{i}")).collect();
@@ -142,9 +146,7 @@ async fn appends_with_other_limits_go_in_their_own_batch_and_a_lost_history_star
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_bad_reply_fails_its_own_publish_not_the_batch_stored_beside_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let redis = relay_tests::Redis::start(dir.path()).await;
-    let store = Store::new(redis.connection().await).unwrap();
+    let (_dir, redis, store) = started().await;
     // An idempotency record someone else wrote, missing the fields a replay answers with.
     let mut conn = redis.connection().await;
     let key = relay_channel::names::idempotency_key("odd", "carol", "k-odd");

@@ -7,7 +7,8 @@
 //! page after a cursor together with where the channel stands. Because every replica goes through
 //! the same scripts on the same keys, `seq` and `ts` are strictly increasing per channel however
 //! many replicas publish at once, and no two relays' clocks are ever compared. Concurrent appends
-//! to a channel on one relay go together in one call ([`batch`]: group commit).
+//! to a channel on one relay go together in one call ([`batch`]: group commit), except with
+//! `--redis-wait-replicas`, where each goes alone (see [`Store::append`]).
 //!
 //! **Epochs.** The channel's meta hash holds an epoch, set by the first append after the hash was
 //! created. When the hash is lost (a Redis without persistence restarting, a failover to a replica

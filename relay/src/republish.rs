@@ -76,6 +76,44 @@ impl Republisher {
     }
 }
 
+impl Republisher {
+    /// Publishes messages in order; from the first that fails on, the rest wait here, in order.
+    pub async fn publish_in_order(&self, bus: &Bus, messages: &[WireMessage], jetstream: bool) {
+        for (i, m) in messages.iter().enumerate() {
+            if let Err(e) = publish(bus, m, jetstream).await {
+                tracing::debug!(channel = %m.channelid, seq = m.seq, error = %e, "publishing again in the background");
+                for m in &messages[i..] {
+                    self.push(m.clone(), jetstream);
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// Every second, announces the stored messages that replicas did not confirm at first once the
+/// channel's durable mark has passed them (see `store::stranded`), through the republisher.
+pub async fn settle(relay: std::sync::Arc<crate::Relay>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        for m in relay.store.settle().await {
+            let governed = match relay_channel::ChannelId::parse(&m.channelid) {
+                Ok(channel) => relay.settings.get(&channel).await,
+                Err(e) => Err(crate::error::Error::InvalidArgument(e.to_string())),
+            };
+            match governed {
+                Ok(g) => relay.republish.push(m, g.settings.stream.is_some()),
+                Err(e) => {
+                    tracing::debug!(channel = %m.channelid, seq = m.seq, error = %e, "not announcing a message of a channel no longer served");
+                    crate::metrics::dropped("stranded_no_settings");
+                }
+            }
+        }
+    }
+}
+
 /// Publishes a stored message: through JetStream (waiting for its ack) or core NATS (waiting for
 /// the server to confirm), with deadlines.
 pub async fn publish(bus: &Bus, message: &WireMessage, jetstream: bool) -> Result<()> {

@@ -122,6 +122,7 @@ pub async fn serve(relay: Arc<Relay>, listeners: Listeners, signal: impl Future<
     }
     let republisher = relay.clone();
     tokio::spawn(async move { republisher.republish.run(republisher.bus.clone()).await });
+    tokio::spawn(crate::republish::settle(relay.clone()));
     let admin = tokio::spawn(serve_admin(relay.clone(), listeners.admin));
 
     let (health, health_service) = tonic_health::server::health_reporter();

@@ -2,6 +2,7 @@
 //! commit) and still get strictly increasing seqs and timestamps, each stored once, in order.
 
 use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
 
 use futures::future::join_all;
 use relay::store::{After, Append, Read, Store};
@@ -97,7 +98,7 @@ async fn concurrent_appends_share_script_calls_and_stay_in_order_each_stored_onc
             }
         }
         // History holds exactly those, in order, with their fields.
-        let page = store.read(ch, Read::After(After::Seq(0)), 10_000, std::time::Duration::ZERO).await.unwrap();
+        let page = store.read(ch, Read::After(After::Seq(0)), 10_000, Duration::ZERO).await.unwrap();
         assert_eq!(page.last_seq, n);
         let read: Vec<_> = page.messages.iter().map(|m| (m.seq, m.ts, m.id.clone(), m.text.clone())).collect();
         let want: Vec<_> = stored.values().map(|m| (m.seq, m.ts, m.id.clone(), m.text.clone())).collect();
@@ -169,4 +170,84 @@ async fn one_bad_reply_fails_its_own_publish_not_the_batch_stored_beside_it() {
     let mut seqs: Vec<u64> = results.iter().flatten().map(|a| a.message.seq).collect();
     seqs.sort_unstable();
     assert_eq!(seqs, (1..=99).collect::<Vec<_>>());
+}
+
+/// A store that waits for one replica of `redis`, for at most 300 ms.
+async fn waiting_for_a_replica(redis: &relay_tests::Redis) -> Store {
+    let replication = relay::store::Replication::new(vec![redis.connection().await], 1, Duration::from_millis(300));
+    Store::new(redis.connection().await).unwrap().with_replication(replication)
+}
+
+/// Makes `replica` a replica of `master` (or, with None, a master again) and waits until `master`
+/// sees it in sync.
+async fn replicate(replica: &relay_tests::Redis, master: Option<&relay_tests::Redis>) {
+    let mut conn = replica.connection().await;
+    let mut cmd = redis::cmd("REPLICAOF");
+    match master {
+        Some(m) => cmd.arg("127.0.0.1").arg(m.port()),
+        None => cmd.arg("NO").arg("ONE"),
+    };
+    let _: () = cmd.query_async(&mut conn).await.unwrap();
+    let Some(master) = master else { return };
+    let conn = master.connection().await;
+    relay_tests::eventually(Duration::from_secs(20), "the replica in sync", || {
+        let mut conn = conn.clone();
+        async move {
+            let info: String = redis::cmd("INFO").arg("replication").query_async(&mut conn).await.unwrap_or_default();
+            info.lines().any(|l| l.starts_with("slave0:") && l.contains("state=online"))
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_replicas_did_not_confirm_are_announced_before_what_follows_once_a_mark_covers_them() {
+    let (dir, redis, _) = started().await;
+    let replica_dir = tempfile::tempdir().unwrap();
+    let replica = relay_tests::Redis::start(replica_dir.path()).await;
+    let (relay_a, relay_b) = (waiting_for_a_replica(&redis).await, waiting_for_a_replica(&redis).await);
+    let ok = |a: &relay::store::Appended| (a.message.seq, a.replicated, a.covered.is_some());
+
+    // No replica: WAIT confirms nothing, so each append is stored, answered "not replicated", and
+    // kept by the relay that stored it.
+    let (t1, t2) = (append("w", "u", "one", "id-1", None), append("w", "u", "two", "id-2", None));
+    assert_eq!(ok(&relay_a.append(t1).await.unwrap()), (1, false, false));
+    assert_eq!(ok(&relay_a.append(t2).await.unwrap()), (2, false, false));
+    // Readers that read only what replicas hold see none of it.
+    let page = relay_a.read("w", Read::After(After::Seq(0)), 100, Duration::ZERO).await.unwrap();
+    assert!(page.messages.is_empty() && page.assigned_seq == 2, "{page:?}");
+
+    // The replica catches up: the next append's mark covers both, and they come with it, in order.
+    replicate(&replica, Some(&redis)).await;
+    let third = relay_a.append(append("w", "u", "three", "id-3", None)).await.unwrap();
+    assert_eq!(ok(&third), (3, true, true));
+    let covered = &third.covered.as_ref().unwrap().messages;
+    let covered: Vec<_> = covered.iter().map(|m| (m.seq, m.id.as_str(), m.text.as_str())).collect();
+    assert_eq!(covered, vec![(1, "id-1", "one"), (2, "id-2", "two")]);
+    assert!(relay_a.settle().await.is_empty(), "announced once");
+
+    // Another relay's mark covers one this relay kept: the once-a-second look announces it.
+    replicate(&replica, None).await;
+    assert_eq!(ok(&relay_a.append(append("w", "u", "four", "id-4", None)).await.unwrap()), (4, false, false));
+    replicate(&replica, Some(&redis)).await;
+    assert_eq!(ok(&relay_b.append(append("w", "u", "five", "id-5", None)).await.unwrap()), (5, true, false));
+    assert!(relay_a.settle().await.is_empty(), "not due yet");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let settled: Vec<_> = relay_a.settle().await.into_iter().map(|m| (m.seq, m.id)).collect();
+    assert_eq!(settled, vec![(4, "id-4".to_owned())]);
+
+    // One that history no longer holds (a failover took it) is dropped, not announced.
+    replicate(&replica, None).await;
+    assert_eq!(ok(&relay_a.append(append("w", "u", "six", "id-6", None)).await.unwrap()), (6, false, false));
+    let mut conn = redis.connection().await;
+    let _: () =
+        redis::cmd("XDEL").arg(relay_channel::names::history_key("w")).arg("6-0").query_async(&mut conn).await.unwrap();
+    replicate(&replica, Some(&redis)).await;
+    let seventh = relay_a.append(append("w", "u", "seven", "id-7", None)).await.unwrap();
+    assert_eq!(ok(&seventh), (7, true, false), "six is gone: nothing to announce before seven");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(relay_a.settle().await.is_empty());
+    let page = relay_a.read("w", Read::After(After::Seq(0)), 100, Duration::ZERO).await.unwrap();
+    assert_eq!(page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5, 7]);
+    drop(dir);
 }

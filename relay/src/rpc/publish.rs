@@ -3,7 +3,8 @@
 //! confirmed by the NATS server otherwise. A publish that fails after its Redis append answers
 //! UNAVAILABLE ("retry with the same idempotency key") and is published again in the background.
 //! With `--redis-wait-replicas`, "in history" means on that many Redis replicas too: one whose
-//! replicas do not confirm in time answers UNAVAILABLE and is not announced until a retry confirms it.
+//! replicas do not confirm in time answers UNAVAILABLE and is not announced until a later durable
+//! mark or a retry confirms it, and then before the messages after it.
 
 use std::time::Instant;
 
@@ -97,11 +98,16 @@ pub async fn publish_as(relay: &Relay, user: crate::auth::User, req: PublishRequ
         message = appended.message;
         if !appended.replicated {
             crate::metrics::backend_error("history store");
-            // Not announced: a failover could still take it back. The retry finds it stored.
+            // Not announced: a failover could still take it back. Announced once a later durable
+            // mark covers it (`store::stranded`), or by the retry, which finds it stored.
             return Err(Error::Retry(format!(
                 "stored as seq {} but not yet on enough Redis replicas (it may still be delivered); retry with the same idempotency key",
                 message.seq
             )));
+        }
+        // Earlier messages left unconfirmed that this append's durable mark vouched for go first.
+        if let Some(covered) = &appended.covered {
+            covered.announce_once(|| republisher.publish_in_order(&bus, &covered.messages, jetstream)).await;
         }
         let published = republish::publish(&bus, &message, jetstream)
             .instrument(crate::trace_span!("publish", otel.name = "nats.publish", seq = message.seq))

@@ -1,6 +1,6 @@
 //! Group commit: the appends to one channel that wait while a script call for that channel is on
-//! its way go together in the next call, in the order they came. Not used with
-//! `--redis-wait-replicas` (see `Store::append`).
+//! its way go together in the next call, in the order they came. With `--redis-wait-replicas` one
+//! WAIT and one durable mark serve the whole batch.
 //!
 //! A channel with no call in flight has its append sent at once, so a lone publish waits for
 //! nothing. Under load each round trip carries everything that queued during the previous one:

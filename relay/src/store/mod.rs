@@ -7,8 +7,7 @@
 //! page after a cursor together with where the channel stands. Because every replica goes through
 //! the same scripts on the same keys, `seq` and `ts` are strictly increasing per channel however
 //! many replicas publish at once, and no two relays' clocks are ever compared. Concurrent appends
-//! to a channel on one relay go together in one call ([`batch`]: group commit), except with
-//! `--redis-wait-replicas`, where each goes alone (see [`Store::append`]).
+//! to a channel on one relay go together in one call ([`batch`]: group commit).
 //!
 //! **Epochs.** The channel's meta hash holds an epoch, set by the first append after the hash was
 //! created. When the hash is lost (a Redis without persistence restarting, a failover to a replica
@@ -21,7 +20,9 @@
 //! append is followed by `WAIT N` on the same connection (one pipeline, so the WAIT vouches for that
 //! write and no other); only then is the message announced, and `durable.lua` records the channel's
 //! `durable` seq, past which readers do not read (`read.lua`'s last argument). What a failover can
-//! take back was then never seen by anyone: neither on NATS nor in a history page.
+//! take back was then never seen by anyone: neither on NATS nor in a history page. A message whose
+//! WAIT did not confirm it is kept ([`stranded`]) and announced once a later mark covers it, before
+//! what follows it.
 //!
 //! Finding a position by age or by `ts` is a binary search over seqs inside the scripts (entries are
 //! in `ts` order because `ts` grows with `seq`): a page costs O(log n) stream lookups plus the page,
@@ -37,6 +38,9 @@ use relay_connect::redis::Conn;
 use crate::error::{Error, Result};
 
 mod batch;
+mod stranded;
+
+pub use stranded::Covered;
 
 const HELPERS: &str = include_str!("helpers.lua");
 const APPEND: &str = include_str!("append.lua");
@@ -79,6 +83,9 @@ pub struct Appended {
     pub replayed: bool,
     /// On as many Redis replicas as `--redis-wait-replicas` asks (always, when it asks none).
     pub replicated: bool,
+    /// Earlier messages of the channel that replicas did not confirm at first and this append's
+    /// durable mark vouched for: to announce before this one (shared by the appends of a batch).
+    pub covered: Option<Arc<Covered>>,
 }
 
 /// Where a reader resumes.
@@ -153,6 +160,8 @@ pub struct Store {
     replication: Option<Arc<Replication>>,
     /// Appends waiting per channel (group commit).
     batches: Arc<batch::Batches>,
+    /// Appends replicas did not confirm, until a durable mark covers them.
+    stranded: Arc<stranded::Stranded>,
 }
 
 struct Scripts {
@@ -193,6 +202,7 @@ impl Store {
             }),
             replication: None,
             batches: Arc::default(),
+            stranded: Arc::default(),
         })
     }
 
@@ -274,18 +284,6 @@ impl Store {
         a.max_messages = a.max_messages.clamp(1, MAX_MESSAGES);
         a.idle_ttl_secs = a.idle_ttl_secs.map(|t| t.min(MAX_AGE_SECS).max(a.max_age_secs));
         let (job, answer) = batch::Job::new(&a);
-        if self.replication.is_some() {
-            // With replicas to wait for, each append goes alone, concurrently, as before group
-            // commit: batches one after another made "an earlier batch unconfirmed (its WAIT timed
-            // out in a failover), the next one confirmed and announced" likely, and a perUser
-            // stream resuming past the later message then missed the earlier one once its retry
-            // announced it (the fault checker's Sentinel run, seed 2002).
-            drop(answer);
-            let mut results = self.append_batch(std::slice::from_ref(&job)).await?;
-            return results
-                .pop()
-                .unwrap_or_else(|| Err(Error::unavailable("redis", "append script returned no reply")));
-        }
         self.submit(job, answer).await
     }
 
@@ -333,8 +331,13 @@ impl Store {
         // something else, say) fails that publish, not the batch stored beside it.
         let mut appended: Vec<Result<Appended>> =
             jobs.iter().zip(replies).map(|(job, reply)| parse_appended(job, reply, replicated)).collect();
-        if replicated && replication.is_some() {
-            self.mark_durable(conn, channel, &meta, &mut appended).await;
+        if replication.is_some() {
+            if replicated {
+                self.mark_durable(conn, channel, &meta, &mut appended).await;
+            }
+            for a in appended.iter().flatten().filter(|a| !a.replicated) {
+                self.strand(a.message.clone());
+            }
         }
         Ok(appended)
     }
@@ -345,7 +348,11 @@ impl Store {
     /// waited for too, so a failover neither takes it back nor lets it expose what replicas lack;
     /// messages whose mark does not hold are answered as not replicated.
     /// A mark that fails (Redis away, no answer in time) leaves its messages not replicated: they
-    /// are answered "stored, retry with the same key" and announced once a retry confirms them.
+    /// are answered "stored, retry with the same key" and kept until a later mark covers them.
+    ///
+    /// The same call checks the channel's earlier unconfirmed messages this relay keeps
+    /// ([`stranded`]): those this master holds were replicated before the batch, so the batch
+    /// announces them first ([`Appended::covered`]).
     async fn mark_durable(&self, conn: &Conn, channel: &str, meta: &str, appended: &mut [Result<Appended>]) {
         let replication = self.replication.as_deref();
         let mut epochs: Vec<String> = appended.iter().flatten().map(|a| a.message.epoch.clone()).collect();
@@ -354,22 +361,59 @@ impl Store {
         for epoch in epochs {
             let in_epoch = |a: &&Appended| a.message.epoch == epoch;
             let Some(top) = appended.iter().flatten().filter(in_epoch).max_by_key(|a| a.message.seq) else { continue };
+            let (top_seq, top_id) = (top.message.seq, top.message.id.clone());
+            // A seq of this batch (a retry of a kept message) is announced by the batch itself.
+            let ours: Vec<u64> = appended.iter().flatten().filter(in_epoch).map(|a| a.message.seq).collect();
+            let earlier: Vec<stranded::Kept> = self
+                .stranded
+                .take(channel, &epoch, top_seq)
+                .into_iter()
+                .filter(|k| !ours.contains(&k.message.seq))
+                .collect();
             let mut mark = redis::Cmd::new();
-            mark.arg(2)
-                .arg(names::history_key(channel))
-                .arg(meta)
-                .arg(&epoch)
-                .arg(top.message.seq.to_string())
-                .arg(&top.message.id);
-            let durable = match self.eval(conn, &self.scripts.durable, &mark, meta, replication).await {
-                Ok((held, waited)) => waited && redis::from_redis_value::<u8>(held).is_ok_and(|h| h == 1),
+            mark.arg(2).arg(names::history_key(channel)).arg(meta).arg(&epoch).arg("1");
+            for k in &earlier {
+                mark.arg(k.message.seq.to_string()).arg(&k.message.id);
+            }
+            mark.arg(top_seq.to_string()).arg(&top_id);
+            let flags = match self.eval(conn, &self.scripts.durable, &mark, meta, replication).await {
+                Ok((reply, waited)) => waited
+                    .then(|| redis::from_redis_value::<Vec<u64>>(reply).ok())
+                    .flatten()
+                    .filter(|f| f.len() == earlier.len() + 2),
                 Err(e) => {
                     tracing::debug!(%channel, error = %e, "durable mark failed; the batch counts as not replicated");
-                    false
+                    None
                 }
             };
+            let durable = flags.as_ref().is_some_and(|f| f.last() == Some(&1));
+            let covered = match flags {
+                None => {
+                    self.stranded.put_back(earlier);
+                    Vec::new()
+                }
+                Some(flags) => {
+                    let mut held = Vec::new();
+                    for (k, flag) in earlier.into_iter().zip(&flags[1..]) {
+                        if *flag == 1 {
+                            held.push(k);
+                        } else {
+                            crate::metrics::dropped("stranded_lost");
+                        }
+                    }
+                    if durable {
+                        held.into_iter().map(|k| k.message).collect()
+                    } else {
+                        // The mark moved to them, not to the batch: [`Store::settle`] announces them.
+                        self.stranded.put_back(held);
+                        Vec::new()
+                    }
+                }
+            };
+            let covered = (!covered.is_empty()).then(|| Arc::new(Covered::new(covered)));
             for a in appended.iter_mut().flatten().filter(|a| a.message.epoch == epoch) {
                 a.replicated = durable;
+                a.covered = covered.clone();
             }
         }
     }
@@ -473,6 +517,7 @@ fn parse_appended(job: &batch::Job, reply: redis::Value, replicated: bool) -> Re
         },
         replayed,
         replicated,
+        covered: None,
     })
 }
 

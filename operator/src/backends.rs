@@ -75,7 +75,8 @@ fn classify(what: &str, code: Option<jetstream::ErrorCode>, e: impl std::fmt::Di
 /// What a reconcile found and did.
 #[derive(Debug, Default, PartialEq)]
 pub struct Outcome {
-    pub stream: StreamStatus,
+    /// The tree's stream, when it has one.
+    pub stream: Option<StreamStatus>,
     /// Why part of the spec could not be applied (the rest was).
     pub blocked: Option<String>,
     /// Another `RelayChannel` of the same name (another namespace) owns the channel.
@@ -168,12 +169,16 @@ impl Backends {
             return Err(BackendError::Nats("not connected".into()));
         }
         let applied = async {
-            let stream = self.apply_stream(desired, &mut out).await?;
+            let Some(config) = &desired.stream else {
+                self.remove_stream(desired, &mut out).await?;
+                return Ok(None);
+            };
+            let stream = self.apply_stream(config, desired.stream_explicit, &mut out).await?;
             self.apply_consumer(&stream, name, desired.queue_consumer.as_ref(), &mut out).await?;
-            Ok::<_, BackendError>(stream)
+            Ok::<_, BackendError>(Some(stream))
         }
         .await;
-        let mut stream = match applied {
+        let stream = match applied {
             Ok(stream) => stream,
             Err(BackendError::Refused { reason, message }) => {
                 self.refuse(name, owner, reason).await?;
@@ -187,9 +192,10 @@ impl Backends {
         } else {
             self.remember(name, &settings);
         }
+        let Some(mut stream) = stream else { return Ok(out) };
         let info = stream.info().await.map_err(|e| nats("stream info", e))?;
         let n = |v: u64| v.min(i64::MAX as u64) as i64;
-        out.stream = StreamStatus {
+        out.stream = Some(StreamStatus {
             name: info.config.name.clone(),
             messages: n(info.state.messages),
             bytes: n(info.state.bytes),
@@ -197,7 +203,7 @@ impl Backends {
             replicas: info.config.num_replicas.clamp(0, i32::MAX as usize) as i32,
             leader: info.cluster.as_ref().and_then(|c| c.leader.clone()),
             placement: placement(info.cluster.as_ref()),
-        };
+        });
         Ok(out)
     }
 
@@ -230,8 +236,13 @@ impl Backends {
         self.written.lock().expect("written lock").insert(name.to_owned(), settings.to_json());
     }
 
-    async fn apply_stream(&self, desired: &Desired, out: &mut Outcome) -> Result<stream::Stream, BackendError> {
-        let observed = match self.js.get_stream(&desired.stream.name).await {
+    async fn apply_stream(
+        &self,
+        desired: &stream::Config,
+        explicit: bool,
+        out: &mut Outcome,
+    ) -> Result<stream::Stream, BackendError> {
+        let observed = match self.js.get_stream(&desired.name).await {
             Ok(mut s) => Some(s.info().await.map_err(|e| nats("stream info", e))?.config.clone()),
             Err(e) if matches!(e.kind(), context::GetStreamErrorKind::JetStream(j) if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) => {
                 None
@@ -244,10 +255,8 @@ impl Backends {
         };
         // No declaration of the tree sets limits: an existing stream keeps its own.
         let desired = match &observed {
-            Some(o) if !desired.stream_explicit => {
-                stream::Config { subjects: desired.stream.subjects.clone(), ..o.clone() }
-            }
-            _ => desired.stream.clone(),
+            Some(o) if !explicit => stream::Config { subjects: desired.subjects.clone(), ..o.clone() },
+            _ => desired.clone(),
         };
         let desired = &desired;
         match plan::plan_stream(desired, observed.as_ref()) {
@@ -269,6 +278,34 @@ impl Backends {
             StreamAction::Blocked(why) => out.blocked = Some(why),
         }
         self.js.get_stream(&desired.name).await.map_err(|e| nats("get stream", e))
+    }
+
+    /// A tree whose stream is turned off: its stream is deleted, messages and consumers with it
+    /// (Redis history stays), unless the declaration retains its data.
+    async fn remove_stream(&self, desired: &Desired, out: &mut Outcome) -> Result<(), BackendError> {
+        let name = &desired.stream_name;
+        match self.js.get_stream(name).await {
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), context::GetStreamErrorKind::JetStream(j) if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+            {
+                return Ok(());
+            }
+            Err(e) => return Err(nats("get stream", e)),
+        }
+        if desired.retain {
+            out.blocked = Some(format!(
+                "spec.stream.enabled is false but stream {name} exists and deletionPolicy is Retain: delete the \
+                 stream yourself (nats stream rm {name}) or set deletionPolicy: Delete"
+            ));
+            return Ok(());
+        }
+        match self.js.delete_stream(name).await {
+            Ok(_) => out.changes.push(format!("deleted stream {name} (spec.stream.enabled is false)")),
+            Err(e) if matches!(e.kind(), context::DeleteStreamErrorKind::JetStream(j) if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+                {}
+            Err(e) => return Err(nats("delete stream", e)),
+        }
+        Ok(())
     }
 
     /// The channel's queue consumer: made or updated for queue delivery, removed otherwise.

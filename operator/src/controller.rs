@@ -202,7 +202,11 @@ async fn write_status(rc: &RelayChannel, ctx: &Context, v: &Verdict) -> Result<(
     let status = RelayChannelStatus {
         observed_generation: rc.meta().generation,
         conditions: vec![condition],
-        stream: v.stream.clone().or_else(|| rc.status.as_ref().and_then(|s| s.stream.clone())),
+        // Reconciled says what the stream is (none, when turned off); other verdicts keep the last figures.
+        stream: match v.ready {
+            true => v.stream.clone(),
+            false => v.stream.clone().or_else(|| rc.status.as_ref().and_then(|s| s.stream.clone())),
+        },
     };
     let api: Api<RelayChannel> = Api::namespaced(ctx.client.clone(), &rc.namespace().unwrap_or_default());
     let patch = serde_json::json!({ "apiVersion": "relay.dev/v1alpha1", "kind": "RelayChannel", "status": status });

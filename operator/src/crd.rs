@@ -34,6 +34,7 @@ const SIZE: &str = r"^(-1|[0-9]+(Ki|Mi|Gi|Ti|K|M|G|T)?)$";
     printcolumn(name = "Leader", type_ = "string", json_path = ".status.stream.leader", priority = "1"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
+#[kube(validation = Rule::new("self.spec.delivery != 'queue' || !has(self.spec.stream) || self.spec.stream.enabled").message("queue delivery needs the JetStream stream: spec.stream.enabled cannot be false"))]
 #[kube(validation = Rule::new("self.metadata.name.size() <= 200").message("a RelayChannel name is at most 200 characters: it prefixes NATS subjects and stream names"))]
 #[serde(rename_all = "camelCase")]
 pub struct RelayChannelSpec {
@@ -43,10 +44,15 @@ pub struct RelayChannelSpec {
     /// What a late subscriber can catch up on (kept in Redis).
     #[serde(default)]
     pub history: HistorySpec,
-    /// Durability and replay in NATS JetStream. Every declaration under one top-level name shares
-    /// one stream (`RELAY_<top-level name>`): a nested declaration (`chat.vip` under `chat`) leaves
-    /// this out and inherits it; if it sets it, it must match the tree's (its shallowest
-    /// declaration's), or it is not Ready (`Unsupported`).
+    /// A NATS JetStream stream beside Redis history: on by default; `enabled: false` goes without.
+    /// With it, a publish is acknowledged once Redis history has it and the stream has stored it
+    /// (a JetStream ack per publish: in docs/benchmarks.md about 15% fewer publishes per second on
+    /// one core, and the stream's storage); queue delivery needs it for at-least-once. Without it,
+    /// once Redis history has it and the NATS server took it; subscribers catch up from Redis
+    /// history either way, so broadcast and perUser channels lose nothing they use.
+    /// Every declaration under one top-level name shares one stream (`RELAY_<top-level name>`): a
+    /// nested declaration (`chat.vip` under `chat`) leaves this out and inherits it; if it sets it,
+    /// it must match the tree's (its shallowest declaration's), or it is not Ready (`Unsupported`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<StreamSpec>,
     /// Who may publish and subscribe.
@@ -104,6 +110,11 @@ impl Default for HistorySpec {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StreamSpec {
+    /// false: no JetStream stream for the tree. Turning it off deletes the tree's stream and the
+    /// messages in it (Redis history stays) when `deletionPolicy` is Delete; with Retain the
+    /// channel is not Ready (`ChangeRefused`) until the stream is removed by hand.
+    #[serde(default = "enabled")]
+    pub enabled: bool,
     /// How long JetStream keeps messages; under a second counts as one second; 0 for no limit.
     #[serde(default = "default_stream_age")]
     #[schemars(regex(pattern = DURATION))]
@@ -136,10 +147,14 @@ fn default_stream_bytes() -> String {
 fn default_replicas() -> i32 {
     1
 }
+fn enabled() -> bool {
+    true
+}
 
 impl Default for StreamSpec {
     fn default() -> Self {
         Self {
+            enabled: true,
             max_age: default_stream_age(),
             max_messages: default_stream_messages(),
             max_bytes: default_stream_bytes(),

@@ -29,13 +29,19 @@ pub enum SpecError {
          ({stream}): remove spec.stream from this RelayChannel (it then inherits it) or make it match {leader}'s"
     )]
     StreamMismatch { leader: String, root: String, stream: String },
+    /// Queue delivery in a tree whose stream is turned off.
+    #[error(
+        "queue delivery needs a JetStream stream, and {leader} turns off the stream of every channel under \
+         {root} (spec.stream.enabled: false): declare this channel in another tree, or turn the stream on"
+    )]
+    QueueWithoutStream { leader: String, root: String },
 }
 
 impl SpecError {
     /// The Ready condition's reason for this refusal.
     pub fn reason(&self) -> &'static str {
         match self {
-            SpecError::StreamMismatch { .. } => "Unsupported",
+            SpecError::StreamMismatch { .. } | SpecError::QueueWithoutStream { .. } => "Unsupported",
             _ => "InvalidSpec",
         }
     }
@@ -76,13 +82,18 @@ pub fn governing<'a, 'b>(channel: &str, declared: &'b [Declared<'a>]) -> Option<
 /// Everything the backends should hold for one `RelayChannel`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Desired {
-    /// The stream of the channel's tree (shared with every declaration under the same top-level name).
-    pub stream: stream::Config,
+    /// The name of the channel's tree's stream (shared with every declaration under the same
+    /// top-level name).
+    pub stream_name: String,
+    /// Its configuration; None when the tree goes without one (`spec.stream.enabled: false`).
+    pub stream: Option<stream::Config>,
     /// Whether a declaration of the tree sets the stream's limits. When none does, an existing
     /// stream keeps the limits it has: a leader going away must not shrink them (and trim messages).
     pub stream_explicit: bool,
     pub queue_consumer: Option<consumer::pull::Config>,
     pub settings: ChannelSettings,
+    /// `deletionPolicy: Retain`: a stream turned off is not deleted.
+    pub retain: bool,
 }
 
 /// Maps a spec to backend state; `declared` is every RelayChannel (any namespace), itself included,
@@ -108,7 +119,10 @@ pub fn desired(name: &str, spec: &RelayChannelSpec, declared: &[Declared]) -> Re
             stream: names::stream_name(root),
         });
     }
-    let stream = tree_stream(root, &leader_stream)?;
+    let stream = if leader_stream.enabled { Some(tree_stream(root, &leader_stream)?) } else { None };
+    if spec.delivery == crd::Delivery::Queue && stream.is_none() {
+        return Err(SpecError::QueueWithoutStream { leader: leader_name, root: root.to_owned() });
+    }
     let subject = names::subject(name);
     let ack_wait = duration("queue.ackWait", &spec.queue.ack_wait)?.max(Duration::from_secs(1));
     let queue_consumer = (spec.delivery == crd::Delivery::Queue).then(|| consumer::pull::Config {
@@ -154,12 +168,19 @@ pub fn desired(name: &str, spec: &RelayChannelSpec, declared: &[Declared]) -> Re
             ack_wait_secs: ack_wait.as_secs(),
             max_unacked_per_stream: spec.queue.max_unacked_per_stream.max(1) as u32,
         },
-        stream: Some(stream.name.clone()),
+        stream: stream.as_ref().map(|s| s.name.clone()),
         queue_consumer: queue_consumer.as_ref().and_then(|c| c.durable_name.clone()),
         owner: None,
         not_ready: None,
     };
-    Ok(Desired { stream, stream_explicit, queue_consumer, settings })
+    Ok(Desired {
+        stream_name: names::stream_name(root),
+        stream,
+        stream_explicit,
+        queue_consumer,
+        settings,
+        retain: spec.deletion_policy == crd::DeletionPolicy::Retain,
+    })
 }
 
 /// Presence entries live 5 s to an hour: shorter would cost a refresh every second or two per
@@ -340,12 +361,12 @@ mod tests {
     fn spec_maps_to_stream_consumer_and_settings() {
         let mut spec = spec(serde_json::json!({}));
         let d = alone("chat", &spec).unwrap();
-        assert_eq!(d.stream.name, "RELAY_chat");
-        assert_eq!(d.stream.subjects, ["events.chat", "events.chat.>"]);
-        assert_eq!(d.stream.max_age, Duration::from_secs(168 * 3600));
-        assert_eq!(d.stream.max_bytes, 1 << 30);
-        assert_eq!(d.stream.max_messages, 1_000_000);
-        assert_eq!(d.stream.duplicate_window, DUPLICATE_WINDOW);
+        assert_eq!(d.stream.as_ref().unwrap().name, "RELAY_chat");
+        assert_eq!(d.stream.as_ref().unwrap().subjects, ["events.chat", "events.chat.>"]);
+        assert_eq!(d.stream.as_ref().unwrap().max_age, Duration::from_secs(168 * 3600));
+        assert_eq!(d.stream.as_ref().unwrap().max_bytes, 1 << 30);
+        assert_eq!(d.stream.as_ref().unwrap().max_messages, 1_000_000);
+        assert_eq!(d.stream.as_ref().unwrap().duplicate_window, DUPLICATE_WINDOW);
         assert_eq!(d.queue_consumer, None);
         assert_eq!(d.settings.history.max_age_secs, 86400);
         assert_eq!(d.settings, ChannelSettings { stream: Some("RELAY_chat".into()), ..Default::default() });
@@ -356,7 +377,7 @@ mod tests {
         spec.access.subscribe = AccessRule::Owner;
         spec.stream = Some(StreamSpec { storage: Storage::Memory, ..Default::default() });
         let d = alone("jobs", &spec).unwrap();
-        assert_eq!(d.stream.storage, stream::StorageType::Memory);
+        assert_eq!(d.stream.as_ref().unwrap().storage, stream::StorageType::Memory);
         let c = d.queue_consumer.unwrap();
         assert_eq!((c.durable_name.as_deref(), c.filter_subject.as_str()), (Some("relay-queue"), "events.jobs"));
         assert_eq!(d.settings.delivery, relay_channel::Delivery::Queue);
@@ -404,13 +425,17 @@ mod tests {
         }));
         let d = alone("fast", &s).unwrap();
         assert_eq!(d.settings.history.max_age_secs, 1, "under a second is one second, not 'forever'");
-        assert_eq!(d.stream.max_age, Duration::from_secs(60));
-        assert_eq!(d.stream.duplicate_window, Duration::from_secs(60), "never longer than maxAge");
-        assert_eq!(d.stream.max_messages, -1, "0 is stored as JetStream stores it, so no update loop");
+        assert_eq!(d.stream.as_ref().unwrap().max_age, Duration::from_secs(60));
+        assert_eq!(d.stream.as_ref().unwrap().duplicate_window, Duration::from_secs(60), "never longer than maxAge");
+        assert_eq!(
+            d.stream.as_ref().unwrap().max_messages,
+            -1,
+            "0 is stored as JetStream stores it, so no update loop"
+        );
         let zero_bytes = alone("z", &spec(serde_json::json!({"stream": {"maxBytes": "0Gi"}}))).unwrap();
-        assert_eq!(zero_bytes.stream.max_bytes, -1);
+        assert_eq!(zero_bytes.stream.as_ref().unwrap().max_bytes, -1);
         let forever = alone("keep", &spec(serde_json::json!({"stream": {"maxAge": "0"}}))).unwrap();
-        assert_eq!(forever.stream.duplicate_window, DUPLICATE_WINDOW);
+        assert_eq!(forever.stream.as_ref().unwrap().duplicate_window, DUPLICATE_WINDOW);
     }
 
     #[test]
@@ -425,9 +450,9 @@ mod tests {
         ];
         assert_eq!(leader("room", &all).unwrap().name, "room", "the shallowest leads, whatever the order");
         let d = desired("room.vip", &vip, &all).unwrap();
-        assert_eq!(d.stream.name, "RELAY_room");
-        assert_eq!(d.stream.subjects, ["events.room", "events.room.>"]);
-        assert_eq!(d.stream.max_age, Duration::from_secs(86400), "the leader's stream settings");
+        assert_eq!(d.stream.as_ref().unwrap().name, "RELAY_room");
+        assert_eq!(d.stream.as_ref().unwrap().subjects, ["events.room", "events.room.>"]);
+        assert_eq!(d.stream.as_ref().unwrap().max_age, Duration::from_secs(86400), "the leader's stream settings");
         assert_eq!(d.settings.access.publish, relay_channel::AccessRule::Users(vec!["vip-admin".into()]));
         let c = d.queue_consumer.unwrap();
         assert_eq!(c.filter_subject, "events.room.vip");
@@ -445,8 +470,32 @@ mod tests {
     }
 
     #[test]
+    fn a_tree_can_go_without_a_stream_but_not_for_queue_delivery() {
+        let off = spec(serde_json::json!({"stream": {"enabled": false}, "deletionPolicy": "Retain"}));
+        let d = alone("feed", &off).unwrap();
+        assert!(d.stream.is_none() && d.settings.stream.is_none(), "no stream, and relays publish without one");
+        assert_eq!((d.stream_name.as_str(), d.retain), ("RELAY_feed", true), "named, to remove an old one");
+        // A nested declaration inherits it; queue delivery there is refused, naming the leader.
+        let plain = spec(serde_json::json!({}));
+        let queue = spec(serde_json::json!({"delivery": "queue"}));
+        let all = [
+            Declared { name: "feed", owner: "a/feed".into(), spec: &off },
+            Declared { name: "feed.news", owner: "a/feed.news".into(), spec: &plain },
+            Declared { name: "feed.jobs", owner: "a/feed.jobs".into(), spec: &queue },
+        ];
+        assert!(desired("feed.news", &plain, &all).unwrap().settings.stream.is_none());
+        let e = desired("feed.jobs", &queue, &all).unwrap_err();
+        assert_eq!(e.reason(), "Unsupported");
+        assert!(e.to_string().contains("feed") && e.to_string().contains("enabled: false"), "{e}");
+        let alone_queue = spec(serde_json::json!({"delivery": "queue", "stream": {"enabled": false}}));
+        assert!(matches!(alone("jobs", &alone_queue), Err(SpecError::QueueWithoutStream { .. })));
+        // On by default.
+        assert!(alone("feed", &plain).unwrap().settings.stream.is_some());
+    }
+
+    #[test]
     fn stream_plans() {
-        let want = alone("chat", &spec(serde_json::json!({}))).unwrap().stream;
+        let want = alone("chat", &spec(serde_json::json!({}))).unwrap().stream.unwrap();
         let mut changed = want.clone();
         changed.max_messages = 5;
         let mut other_storage = want.clone();

@@ -104,17 +104,17 @@ pub async fn apply(backends: &Backends, rc: &RelayChannel, all: &[Declared<'_>])
             if let Some(conflict) = out.conflict {
                 return Verdict { changes, ..Verdict::not_ready("Conflict", conflict) };
             }
-            let stream = Some(out.stream);
+            let stream = out.stream;
+            let settings = relay_channel::names::settings_key(&name);
             match out.blocked {
                 Some(why) => Verdict { stream, changes, ..Verdict::not_ready("ChangeRefused", why) },
                 None => Verdict {
                     ready: true,
                     reason: "Reconciled".into(),
-                    message: format!(
-                        "stream {} and settings {} match the spec",
-                        desired.stream.name,
-                        relay_channel::names::settings_key(&name)
-                    ),
+                    message: match &desired.stream {
+                        Some(s) => format!("stream {} and settings {settings} match the spec", s.name),
+                        None => format!("settings {settings} match the spec (no JetStream stream)"),
+                    },
                     stream,
                     backend_error: None,
                     changes,

@@ -35,9 +35,10 @@ proptest! {
         })).unwrap();
         let me = [plan::Declared { name: &name, owner: format!("ns/{name}"), spec: &spec }];
         if let Ok(d) = plan::desired(&name, &spec, &me) {
-            prop_assert!(d.stream.name.starts_with("RELAY_"));
-            prop_assert!(!d.stream.name.contains('.'));
-            prop_assert!(d.stream.max_bytes >= -1);
+            let stream = d.stream.expect("a stream unless turned off");
+            prop_assert!(stream.name.starts_with("RELAY_") && stream.name == d.stream_name);
+            prop_assert!(!stream.name.contains('.'));
+            prop_assert!(stream.max_bytes >= -1);
         }
     }
 }

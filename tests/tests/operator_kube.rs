@@ -194,3 +194,88 @@ async fn two_operators_one_leads_and_the_other_takes_over_when_it_dies() {
     wait_ready(&api, &ch, "True", "Reconciled", 1).await;
     assert!(b.metrics().await.contains("relay_operator_leader 1"));
 }
+
+/// `spec.stream.enabled: false`: the tree goes without a JetStream stream (an old one is deleted,
+/// or with Retain refused until removed by hand), the relay publishes without one, and queue
+/// delivery, which needs it, is refused.
+#[tokio::test]
+async fn a_tree_can_go_without_a_jetstream_stream() {
+    let stack = Stack::with(StackOptions { relays: 1, ..Default::default() }).await;
+    let kube = KubeApi::start(stack.dir()).await;
+    let client = kube.client().await;
+    install_crd(&client).await;
+    namespace(&client, "team").await;
+    let api: Api<RelayChannel> = Api::namespaced(client.clone(), "team");
+    let err = api
+        .create(
+            &PostParams::default(),
+            &channel("jobs", serde_json::json!({"delivery": "queue", "stream": {"enabled": false}})),
+        )
+        .await
+        .unwrap_err();
+    let kube::Error::Api(status) = err else { panic!("{err:?}") };
+    assert!(status.message.contains("queue delivery needs the JetStream stream"), "{}", status.message);
+
+    let kubeconfig = kube.kubeconfig().to_str().unwrap().to_owned();
+    let _op = OperatorProc::start(
+        &stack,
+        &["--resync", "1s"],
+        &[("KUBECONFIG", &kubeconfig), ("POD_NAME", "op-a"), ("OPERATOR_NAMESPACE", "default")],
+    )
+    .await;
+    let js = async_nats::jetstream::new(async_nats::connect(stack.nats.url()).await.unwrap());
+    let (feed, kept) = (unique("feed"), unique("kept"));
+    let unlimited = serde_json::json!({"limits": {"publishPerSecondPerUser": 0}});
+    api.create(&PostParams::default(), &channel(&feed, unlimited.clone())).await.unwrap();
+    let retained = serde_json::json!({"deletionPolicy": "Retain"});
+    api.create(&PostParams::default(), &channel(&kept, retained)).await.unwrap();
+    wait_ready(&api, &feed, "True", "Reconciled", 1).await;
+    wait_ready(&api, &kept, "True", "Reconciled", 1).await;
+    assert!(js.get_stream(names::stream_name(&feed)).await.is_ok());
+
+    // Turned off: the stream goes, the status says so, and the relay publishes without it.
+    let off = serde_json::json!({"spec": {"stream": {"enabled": false}}});
+    api.patch(&feed, &PatchParams::default(), &Patch::Merge(&off)).await.unwrap();
+    wait_ready(&api, &feed, "True", "Reconciled", 2).await;
+    let rc = api.get(&feed).await.unwrap();
+    let status = rc.status.unwrap();
+    assert!(status.stream.is_none(), "{status:?}");
+    assert!(status.conditions[0].message.contains("no JetStream stream"), "{status:?}");
+    assert!(js.get_stream(names::stream_name(&feed)).await.is_err(), "the stream was deleted");
+    let alice = stack.pocketbase.create_user("alice").await;
+    let mut c = stack.client(0).await;
+    let mut sub = eventually_subscribed(&mut c, &alice.token, &feed).await;
+    let sent = c.publish(&alice.token, &feed, "no stream needed").await.unwrap();
+    assert_eq!(sub.messages(1, T).await, vec![sent]);
+    assert!(js.get_stream(names::stream_name(&feed)).await.is_err(), "and none came back");
+
+    // With Retain, the stream and its messages are not deleted behind the owner's back.
+    api.patch(&kept, &PatchParams::default(), &Patch::Merge(&off)).await.unwrap();
+    wait_ready(&api, &kept, "False", "ChangeRefused", 2).await;
+    let rc = api.get(&kept).await.unwrap();
+    let message = &rc.status.unwrap().conditions[0].message;
+    assert!(message.contains(&format!("nats stream rm {}", names::stream_name(&kept))), "{message}");
+    assert!(js.get_stream(names::stream_name(&kept)).await.is_ok());
+
+    // Turned on again: the stream is made again.
+    let on = serde_json::json!({"spec": {"stream": {"enabled": true}}});
+    api.patch(&feed, &PatchParams::default(), &Patch::Merge(&on)).await.unwrap();
+    wait_ready(&api, &feed, "True", "Reconciled", 3).await;
+    assert!(js.get_stream(names::stream_name(&feed)).await.is_ok());
+    assert!(api.get(&feed).await.unwrap().status.unwrap().stream.is_some());
+}
+
+/// A stream on `ch` from its start, once the relay has the channel in force.
+async fn eventually_subscribed(c: &mut relay_tests::Client, token: &str, ch: &str) -> relay_tests::Sub {
+    for _ in 0..100 {
+        match c.subscribe(token, &[(ch, Some(relay_tests::Position::SinceSeq(0)))]).await {
+            Ok(mut sub) => {
+                assert!(sub.recovery().await.recovered);
+                return sub;
+            }
+            Err(e) if e.code() == tonic::Code::Unavailable => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    panic!("{ch} never in force");
+}

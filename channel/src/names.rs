@@ -68,6 +68,12 @@ pub fn meta_key(channel: &str) -> String {
     format!("relay:{{{channel}}}:meta")
 }
 
+/// Redis sorted set (score = member = seq) of a channel's messages appended while relays wait for
+/// Redis replicas (`--redis-wait-replicas`) and not yet covered by a durable mark.
+pub fn pending_key(channel: &str) -> String {
+    format!("relay:{{{channel}}}:pending")
+}
+
 /// Redis string with the JSON [`crate::ChannelSettings`] of a declared channel.
 pub fn settings_key(channel: &str) -> String {
     format!("relay:{{{channel}}}:config")

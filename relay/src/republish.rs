@@ -77,41 +77,44 @@ impl Republisher {
 }
 
 impl Republisher {
-    /// Publishes messages in order; from the first that fails on, the rest wait here, in order.
-    pub async fn publish_in_order(&self, bus: &Bus, messages: &[WireMessage], jetstream: bool) {
-        for (i, m) in messages.iter().enumerate() {
-            if let Err(e) = publish(bus, m, jetstream).await {
-                tracing::debug!(channel = %m.channelid, seq = m.seq, error = %e, "publishing again in the background");
-                for m in &messages[i..] {
+    /// Publishes messages in order, all sent before any confirmation is awaited. Returns whether
+    /// they all went out; if not, they all wait here, in order (copies are harmless).
+    pub async fn publish_in_order(&self, bus: &Bus, messages: &[WireMessage], jetstream: bool) -> bool {
+        match publish_all(bus, messages, jetstream).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(error = %e, n = messages.len(), "publishing again in the background");
+                for m in messages {
                     self.push(m.clone(), jetstream);
                 }
-                return;
+                false
             }
         }
     }
 }
 
-/// Every second, announces the stored messages that replicas did not confirm at first once the
-/// channel's durable mark has passed them (see `store::stranded`), through the republisher.
-pub async fn settle(relay: std::sync::Arc<crate::Relay>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        for m in relay.store.settle().await {
-            let governed = match relay_channel::ChannelId::parse(&m.channelid) {
-                Ok(channel) => relay.settings.get(&channel).await,
-                Err(e) => Err(crate::error::Error::InvalidArgument(e.to_string())),
-            };
-            match governed {
-                Ok(g) => relay.republish.push(m, g.settings.stream.is_some()),
-                Err(e) => {
-                    tracing::debug!(channel = %m.channelid, seq = m.seq, error = %e, "not announcing a message of a channel no longer served");
-                    crate::metrics::dropped("stranded_no_settings");
-                }
-            }
+/// Publishes messages in order on the one connection, then waits for JetStream's acks (or the
+/// server's confirmation) of all of them.
+async fn publish_all(bus: &Bus, messages: &[WireMessage], jetstream: bool) -> Result<()> {
+    bus.ensure_connected()?;
+    let generation = bus.generation();
+    let mut acks = Vec::new();
+    for m in messages {
+        let (subject, payload) = (names::subject(&m.channelid), bytes::Bytes::from(m.to_json()));
+        if jetstream {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", m.id.as_str());
+            acks.push(
+                bounded("jetstream publish", bus.jetstream.publish_with_headers(subject, headers, payload)).await?,
+            );
+        } else {
+            bounded("nats publish", bus.client.publish(subject, payload)).await?;
         }
     }
+    for ack in acks {
+        bounded("jetstream ack", ack.into_future()).await?;
+    }
+    if jetstream { Ok(()) } else { bus.confirm_since(generation).await }
 }
 
 /// Publishes a stored message: through JetStream (waiting for its ack) or core NATS (waiting for

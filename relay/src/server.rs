@@ -122,7 +122,6 @@ pub async fn serve(relay: Arc<Relay>, listeners: Listeners, signal: impl Future<
     }
     let republisher = relay.clone();
     tokio::spawn(async move { republisher.republish.run(republisher.bus.clone()).await });
-    tokio::spawn(crate::republish::settle(relay.clone()));
     let admin = tokio::spawn(serve_admin(relay.clone(), listeners.admin));
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -149,10 +148,25 @@ pub async fn serve(relay: Arc<Relay>, listeners: Listeners, signal: impl Future<
     }
 
     let stopping = CancellationToken::new();
-    let grpc = {
+    let bare = std::env::var("RELAY_EXPERIMENT_BARE").is_ok();
+    let grpc = if bare {
         let stopping = stopping.clone();
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listeners.grpc);
-        tonic::transport::Server::builder()
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .http2_keepalive_interval(Some(Duration::from_secs(30)))
+                .initial_connection_window_size(Some(CONNECTION_WINDOW))
+                .tcp_nodelay(true)
+                .add_service(
+                    RelayServiceServer::new(rpc::Service::new(relay.clone()))
+                        .max_decoding_message_size(MAX_REQUEST_BYTES),
+                )
+                .serve_with_incoming_shutdown(incoming, async move { stopping.cancelled().await }),
+        )
+    } else {
+        let stopping = stopping.clone();
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listeners.grpc);
+        let grpc = tonic::transport::Server::builder()
             // Browsers speak gRPC-web over HTTP/1.1; native clients HTTP/2, on the same port.
             .accept_http1(true)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -165,9 +179,9 @@ pub async fn serve(relay: Arc<Relay>, listeners: Listeners, signal: impl Future<
             // CORS first: a preflight must be answered before gRPC-web translation.
             .layer(cors(&relay.config.cors_origins))
             .add_routes(app.into())
-            .serve_with_incoming_shutdown(incoming, async move { stopping.cancelled().await })
+            .serve_with_incoming_shutdown(incoming, async move { stopping.cancelled().await });
+        tokio::spawn(grpc)
     };
-    let grpc = tokio::spawn(grpc);
 
     signal.await;
     tracing::info!("shutting down: not ready, ending streams, finishing in-flight calls");

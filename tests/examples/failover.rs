@@ -86,7 +86,7 @@ async fn measure(failure: &str) -> Measured {
         "nats-node" => {
             // The node leading the stream: its replica group elects another leader.
             let outcome = stack.declare_spec(CHANNEL, serde_json::json!({"stream": {"replicas": 3}})).await;
-            let leader = outcome.stream.leader.unwrap_or_else(|| "n0".into());
+            let leader = outcome.stream.and_then(|s| s.leader).unwrap_or_else(|| "n0".into());
             let i: usize = leader.trim_start_matches('n').parse().unwrap_or(0);
             stack.nats.node(i).stop().await;
         }

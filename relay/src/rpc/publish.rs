@@ -96,18 +96,28 @@ pub async fn publish_as(relay: &Relay, user: crate::auth::User, req: PublishRequ
         // A replayed publish is sent to NATS again: the first attempt may have died before it did.
         // Subscribers drop the copy by seq; JetStream drops it by message id.
         message = appended.message;
+        // Earlier messages that this append's durable mark vouched for go first (even when this
+        // one is not confirmed: the batch's WAIT covered them).
+        if let Some(covered) = &appended.covered {
+            let announced =
+                covered.announce_once(|| republisher.publish_in_order(&bus, &covered.messages, jetstream)).await;
+            if !announced && appended.replicated {
+                // Behind them, in the republisher's order.
+                let seq = message.seq;
+                republisher.push(message, jetstream);
+                return Err(Error::Retry(format!(
+                    "stored as seq {seq} but not yet delivered (message bus unavailable); retry with the same idempotency key"
+                )));
+            }
+        }
         if !appended.replicated {
             crate::metrics::backend_error("history store");
-            // Not announced: a failover could still take it back. Announced once a later durable
-            // mark covers it (`store::stranded`), or by the retry, which finds it stored.
+            // Not announced: a failover could still take it back. Announced by the first batch
+            // whose durable mark covers it (`store::covered`), or by the retry, which finds it stored.
             return Err(Error::Retry(format!(
                 "stored as seq {} but not yet on enough Redis replicas (it may still be delivered); retry with the same idempotency key",
                 message.seq
             )));
-        }
-        // Earlier messages left unconfirmed that this append's durable mark vouched for go first.
-        if let Some(covered) = &appended.covered {
-            covered.announce_once(|| republisher.publish_in_order(&bus, &covered.messages, jetstream)).await;
         }
         let published = republish::publish(&bus, &message, jetstream)
             .instrument(crate::trace_span!("publish", otel.name = "nats.publish", seq = message.seq))

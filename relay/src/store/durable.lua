@@ -1,32 +1,55 @@
--- Checks that this node holds given messages of a channel, and records that replicas have the
--- channel's messages up to the highest of them (after a WAIT said so), so readers that read only
--- what a failover cannot take back may read them.
--- KEYS: 1 history stream, 2 meta hash
--- ARGV: 1 the epoch the messages belong to, 2 '1' to move the mark, '0' only to look,
---       then pairs: a seq and the id of the message stored at it
--- Returns {the durable mark after the call, then one flag per pair}: 1 when this node holds that
--- message (that id at that seq, in that epoch), 0 when it does not (it is not the master that took
--- it, or the message is gone). With '1', the mark moves to the highest held seq (marks only move
--- forward).
-local history, meta = KEYS[1], KEYS[2]
-local same_epoch = redis.call('HGET', meta, 'epoch') == ARGV[1]
-local flags, top = {}, 0
-for i = 3, #ARGV, 2 do
-  local seq, held = tonumber(ARGV[i]), 0
-  local entry = same_epoch and first_at(history, seq)
-  if entry and seq_of(entry) == seq then
-    local f = entry[2]
-    for j = 1, #f, 2 do
-      if f[j] == 'id' and f[j + 1] == ARGV[i + 1] then held = 1 end
+-- After a WAIT said replicas have a batch: records that replicas have the channel's messages up to
+-- its highest seq, so readers that read only what a failover cannot take back may read them, and
+-- hands back the earlier messages that were appended but never covered by a mark (their own WAIT
+-- failed, their reply was lost, their relay died): replication is in order, so they are on the
+-- replicas now too, and they must be announced before the batch.
+-- KEYS: 1 history stream, 2 meta hash, 3 pending set
+-- ARGV: 1 the epoch, 2 the batch's highest seq, 3 the id of the message stored at it, 4 the most
+--       earlier messages to hand back, 5 how old (ms) a message must be to be handed back (the
+--       WAIT timeout: a younger one may still be confirmed and announced by its own relay), then
+--       the batch's other seqs in this epoch (announced by the batch itself)
+-- Returns {1, entries} when this node holds that message (that id at that seq, in that epoch):
+-- the mark is at or past it, and entries are the earlier uncovered messages still in history,
+-- oldest first, as stream entries; {0, {}} when it does not (it is not the master that took it).
+local history, meta, pending = KEYS[1], KEYS[2], KEYS[3]
+if redis.call('HGET', meta, 'epoch') ~= ARGV[1] then return {0, {}} end
+local seq = tonumber(ARGV[2])
+local entry = first_at(history, seq)
+if not entry or seq_of(entry) ~= seq then return {0, {}} end
+local found = false
+local f = entry[2]
+for i = 1, #f, 2 do
+  if f[i] == 'id' and f[i + 1] == ARGV[3] then found = true end
+end
+if not found then return {0, {}} end
+local durable = tonumber(redis.call('HGET', meta, 'durable') or '0')
+if seq > durable then redis.call('HSET', meta, 'durable', seq) end
+local ours = {[seq] = true}
+redis.call('ZREM', pending, ARGV[2])
+for i = 6, #ARGV do
+  ours[tonumber(ARGV[i])] = true
+  redis.call('ZREM', pending, ARGV[i])
+end
+local sec, nsec = now()
+local age_ms = tonumber(ARGV[5])
+local cutoff
+if nsec < (age_ms % 1000) * 1000000 then
+  cutoff = string.format('%d%09d', sec - math.floor(age_ms / 1000) - 1, nsec + 1000000000 - (age_ms % 1000) * 1000000)
+else
+  cutoff = string.format('%d%09d', sec - math.floor(age_ms / 1000), nsec - (age_ms % 1000) * 1000000)
+end
+local covered = {}
+local uncovered = redis.call('ZRANGEBYSCORE', pending, '-inf', seq, 'LIMIT', 0, tonumber(ARGV[4]))
+for _, member in ipairs(uncovered) do
+  local s = tonumber(member)
+  if not ours[s] then
+    local e = redis.call('XRANGE', history, id(s), id(s))[1]
+    if not e then
+      redis.call('ZREM', pending, member)
+    elseif lt(ts_of(e), cutoff) then
+      redis.call('ZREM', pending, member)
+      covered[#covered + 1] = e
     end
   end
-  flags[#flags + 1] = held
-  if held == 1 and seq > top then top = seq end
 end
-local durable = tonumber(redis.call('HGET', meta, 'durable') or '0')
-if ARGV[2] == '1' and top > durable then
-  redis.call('HSET', meta, 'durable', top)
-  durable = top
-end
-table.insert(flags, 1, durable)
-return flags
+return {1, covered}

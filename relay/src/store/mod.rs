@@ -20,9 +20,9 @@
 //! append is followed by `WAIT N` on the same connection (one pipeline, so the WAIT vouches for that
 //! write and no other); only then is the message announced, and `durable.lua` records the channel's
 //! `durable` seq, past which readers do not read (`read.lua`'s last argument). What a failover can
-//! take back was then never seen by anyone: neither on NATS nor in a history page. A message whose
-//! WAIT did not confirm it is kept ([`stranded`]) and announced once a later mark covers it, before
-//! what follows it.
+//! take back was then never seen by anyone: neither on NATS nor in a history page. A message no
+//! mark of its own covered (its WAIT failed) is announced by the first batch whose mark covers it,
+//! before that batch ([`covered`]).
 //!
 //! Finding a position by age or by `ts` is a binary search over seqs inside the scripts (entries are
 //! in `ts` order because `ts` grows with `seq`): a page costs O(log n) stream lookups plus the page,
@@ -38,9 +38,9 @@ use relay_connect::redis::Conn;
 use crate::error::{Error, Result};
 
 mod batch;
-mod stranded;
+mod covered;
 
-pub use stranded::Covered;
+pub use covered::Covered;
 
 const HELPERS: &str = include_str!("helpers.lua");
 const APPEND: &str = include_str!("append.lua");
@@ -160,8 +160,6 @@ pub struct Store {
     replication: Option<Arc<Replication>>,
     /// Appends waiting per channel (group commit).
     batches: Arc<batch::Batches>,
-    /// Appends replicas did not confirm, until a durable mark covers them.
-    stranded: Arc<stranded::Stranded>,
 }
 
 struct Scripts {
@@ -202,7 +200,6 @@ impl Store {
             }),
             replication: None,
             batches: Arc::default(),
-            stranded: Arc::default(),
         })
     }
 
@@ -295,7 +292,7 @@ impl Store {
         let (channel, limits) = (first.channel.as_str(), first.limits);
         let meta = names::meta_key(channel);
         let mut args = redis::Cmd::new();
-        args.arg(2 + jobs.len()).arg(names::history_key(channel)).arg(&meta);
+        args.arg(3 + jobs.len()).arg(names::history_key(channel)).arg(&meta).arg(names::pending_key(channel));
         for job in jobs {
             // Without a key, the meta key stands in: every key of a script shares the channel's slot.
             match &job.idempotency_key {
@@ -308,7 +305,8 @@ impl Store {
             .arg(limits.max_age_secs.max(MIN_IDEMPOTENCY_TTL))
             .arg(new_epoch())
             .arg(limits.idle_ttl_secs.unwrap_or(0))
-            .arg(jobs.len());
+            .arg(jobs.len())
+            .arg(if self.replication.is_some() { "1" } else { "0" });
         for job in jobs {
             args.arg(&job.userid)
                 .arg(&job.text)
@@ -331,13 +329,8 @@ impl Store {
         // something else, say) fails that publish, not the batch stored beside it.
         let mut appended: Vec<Result<Appended>> =
             jobs.iter().zip(replies).map(|(job, reply)| parse_appended(job, reply, replicated)).collect();
-        if replication.is_some() {
-            if replicated {
-                self.mark_durable(conn, channel, &meta, &mut appended).await;
-            }
-            for a in appended.iter().flatten().filter(|a| !a.replicated) {
-                self.strand(a.message.clone());
-            }
+        if replicated && replication.is_some() {
+            self.mark_durable(conn, channel, &meta, &mut appended).await;
         }
         Ok(appended)
     }
@@ -348,11 +341,11 @@ impl Store {
     /// waited for too, so a failover neither takes it back nor lets it expose what replicas lack;
     /// messages whose mark does not hold are answered as not replicated.
     /// A mark that fails (Redis away, no answer in time) leaves its messages not replicated: they
-    /// are answered "stored, retry with the same key" and kept until a later mark covers them.
+    /// are answered "stored, retry with the same key" and announced by the first later mark that
+    /// covers them, or their retry.
     ///
-    /// The same call checks the channel's earlier unconfirmed messages this relay keeps
-    /// ([`stranded`]): those this master holds were replicated before the batch, so the batch
-    /// announces them first ([`Appended::covered`]).
+    /// The mark hands back the channel's earlier messages no mark covered ([`covered`]): the
+    /// batch announces them first ([`Appended::covered`]).
     async fn mark_durable(&self, conn: &Conn, channel: &str, meta: &str, appended: &mut [Result<Appended>]) {
         let replication = self.replication.as_deref();
         let mut epochs: Vec<String> = appended.iter().flatten().map(|a| a.message.epoch.clone()).collect();
@@ -361,56 +354,38 @@ impl Store {
         for epoch in epochs {
             let in_epoch = |a: &&Appended| a.message.epoch == epoch;
             let Some(top) = appended.iter().flatten().filter(in_epoch).max_by_key(|a| a.message.seq) else { continue };
-            let (top_seq, top_id) = (top.message.seq, top.message.id.clone());
-            // A seq of this batch (a retry of a kept message) is announced by the batch itself.
-            let ours: Vec<u64> = appended.iter().flatten().filter(in_epoch).map(|a| a.message.seq).collect();
-            let earlier: Vec<stranded::Kept> = self
-                .stranded
-                .take(channel, &epoch, top_seq)
-                .into_iter()
-                .filter(|k| !ours.contains(&k.message.seq))
-                .collect();
             let mut mark = redis::Cmd::new();
-            mark.arg(2).arg(names::history_key(channel)).arg(meta).arg(&epoch).arg("1");
-            for k in &earlier {
-                mark.arg(k.message.seq.to_string()).arg(&k.message.id);
+            mark.arg(3)
+                .arg(names::history_key(channel))
+                .arg(meta)
+                .arg(names::pending_key(channel))
+                .arg(&epoch)
+                .arg(top.message.seq.to_string())
+                .arg(&top.message.id)
+                .arg(covered::MAX_COVERED)
+                .arg(replication.map_or(0, |r| r.timeout.as_millis()).to_string());
+            for a in appended.iter().flatten().filter(in_epoch) {
+                mark.arg(a.message.seq.to_string());
             }
-            mark.arg(top_seq.to_string()).arg(&top_id);
-            let flags = match self.eval(conn, &self.scripts.durable, &mark, meta, replication).await {
-                Ok((reply, waited)) => waited
-                    .then(|| redis::from_redis_value::<Vec<u64>>(reply).ok())
-                    .flatten()
-                    .filter(|f| f.len() == earlier.len() + 2),
+            // (whether the mark holds and replicas have it, the earlier messages it handed back)
+            let (durable, earlier) = match self.eval(conn, &self.scripts.durable, &mark, meta, replication).await {
+                // Handed back, they leave the pending set: announced even when the mark's own WAIT
+                // fails, since the batch's WAIT already vouched for everything before it.
+                Ok((reply, waited)) => match redis::from_redis_value::<(u8, Vec<Entry>)>(reply) {
+                    Ok((1, entries)) => (waited, entries),
+                    Ok(_) => (false, Vec::new()),
+                    Err(e) => {
+                        tracing::debug!(%channel, error = %e, "durable mark answered oddly; the batch counts as not replicated");
+                        (false, Vec::new())
+                    }
+                },
                 Err(e) => {
                     tracing::debug!(%channel, error = %e, "durable mark failed; the batch counts as not replicated");
-                    None
+                    (false, Vec::new())
                 }
             };
-            let durable = flags.as_ref().is_some_and(|f| f.last() == Some(&1));
-            let covered = match flags {
-                None => {
-                    self.stranded.put_back(earlier);
-                    Vec::new()
-                }
-                Some(flags) => {
-                    let mut held = Vec::new();
-                    for (k, flag) in earlier.into_iter().zip(&flags[1..]) {
-                        if *flag == 1 {
-                            held.push(k);
-                        } else {
-                            crate::metrics::dropped("stranded_lost");
-                        }
-                    }
-                    if durable {
-                        held.into_iter().map(|k| k.message).collect()
-                    } else {
-                        // The mark moved to them, not to the batch: [`Store::settle`] announces them.
-                        self.stranded.put_back(held);
-                        Vec::new()
-                    }
-                }
-            };
-            let covered = (!covered.is_empty()).then(|| Arc::new(Covered::new(covered)));
+            let earlier: Vec<WireMessage> = earlier.into_iter().filter_map(|e| parse(channel, &epoch, e)).collect();
+            let covered = (!earlier.is_empty()).then(|| Arc::new(Covered::new(earlier)));
             for a in appended.iter_mut().flatten().filter(|a| a.message.epoch == epoch) {
                 a.replicated = durable;
                 a.covered = covered.clone();

@@ -148,25 +148,10 @@ pub async fn serve(relay: Arc<Relay>, listeners: Listeners, signal: impl Future<
     }
 
     let stopping = CancellationToken::new();
-    let bare = std::env::var("RELAY_EXPERIMENT_BARE").is_ok();
-    let grpc = if bare {
+    let grpc = {
         let stopping = stopping.clone();
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listeners.grpc);
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .http2_keepalive_interval(Some(Duration::from_secs(30)))
-                .initial_connection_window_size(Some(CONNECTION_WINDOW))
-                .tcp_nodelay(true)
-                .add_service(
-                    RelayServiceServer::new(rpc::Service::new(relay.clone()))
-                        .max_decoding_message_size(MAX_REQUEST_BYTES),
-                )
-                .serve_with_incoming_shutdown(incoming, async move { stopping.cancelled().await }),
-        )
-    } else {
-        let stopping = stopping.clone();
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listeners.grpc);
-        let grpc = tonic::transport::Server::builder()
+        tonic::transport::Server::builder()
             // Browsers speak gRPC-web over HTTP/1.1; native clients HTTP/2, on the same port.
             .accept_http1(true)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -179,9 +164,9 @@ pub async fn serve(relay: Arc<Relay>, listeners: Listeners, signal: impl Future<
             // CORS first: a preflight must be answered before gRPC-web translation.
             .layer(cors(&relay.config.cors_origins))
             .add_routes(app.into())
-            .serve_with_incoming_shutdown(incoming, async move { stopping.cancelled().await });
-        tokio::spawn(grpc)
+            .serve_with_incoming_shutdown(incoming, async move { stopping.cancelled().await })
     };
+    let grpc = tokio::spawn(grpc);
 
     signal.await;
     tracing::info!("shutting down: not ready, ending streams, finishing in-flight calls");

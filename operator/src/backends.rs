@@ -152,6 +152,17 @@ impl Backends {
         let current = self.current(name, owner).await?;
         let mut settings = desired.settings.clone();
         settings.owner = Some(owner.to_owned());
+        // A stream turned off that data is retained in stays, and so does publishing through it:
+        // the change is refused as a whole, not made halfway.
+        let retained = desired.stream.is_none() && desired.retain && self.stream_exists(&desired.stream_name).await?;
+        if retained {
+            settings.stream = Some(desired.stream_name.clone());
+            out.blocked = Some(format!(
+                "spec.stream.enabled is false, but stream {0} exists and a declaration under it retains its data \
+                 (deletionPolicy: Retain): delete the stream yourself (nats stream rm {0}) or set deletionPolicy: Delete",
+                desired.stream_name
+            ));
+        }
         let in_force =
             current.parsed.as_ref().is_some_and(|c| c.not_ready.is_none() && c.owner.as_deref() == Some(owner));
         if !in_force {
@@ -170,7 +181,9 @@ impl Backends {
         }
         let applied = async {
             let Some(config) = &desired.stream else {
-                self.remove_stream(desired, &mut out).await?;
+                if !retained {
+                    self.remove_stream(&desired.stream_name, &mut out).await?;
+                }
                 return Ok(None);
             };
             let stream = self.apply_stream(config, desired.stream_explicit, &mut out).await?;
@@ -280,25 +293,22 @@ impl Backends {
         self.js.get_stream(&desired.name).await.map_err(|e| nats("get stream", e))
     }
 
-    /// A tree whose stream is turned off: its stream is deleted, messages and consumers with it
-    /// (Redis history stays), unless the declaration retains its data.
-    async fn remove_stream(&self, desired: &Desired, out: &mut Outcome) -> Result<(), BackendError> {
-        let name = &desired.stream_name;
+    async fn stream_exists(&self, name: &str) -> Result<bool, BackendError> {
+        if self.nats.connection_state() != async_nats::connection::State::Connected {
+            return Err(BackendError::Nats("not connected".into()));
+        }
         match self.js.get_stream(name).await {
-            Ok(_) => {}
-            Err(e) if matches!(e.kind(), context::GetStreamErrorKind::JetStream(j) if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
-            {
-                return Ok(());
+            Ok(_) => Ok(true),
+            Err(e) if matches!(e.kind(), context::GetStreamErrorKind::JetStream(j) if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) => {
+                Ok(false)
             }
-            Err(e) => return Err(nats("get stream", e)),
+            Err(e) => Err(nats("get stream", e)),
         }
-        if desired.retain {
-            out.blocked = Some(format!(
-                "spec.stream.enabled is false but stream {name} exists and deletionPolicy is Retain: delete the \
-                 stream yourself (nats stream rm {name}) or set deletionPolicy: Delete"
-            ));
-            return Ok(());
-        }
+    }
+
+    /// A tree whose stream is turned off: its stream is deleted, messages and consumers with it
+    /// (Redis history stays).
+    async fn remove_stream(&self, name: &str, out: &mut Outcome) -> Result<(), BackendError> {
         match self.js.delete_stream(name).await {
             Ok(_) => out.changes.push(format!("deleted stream {name} (spec.stream.enabled is false)")),
             Err(e) if matches!(e.kind(), context::DeleteStreamErrorKind::JetStream(j) if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>

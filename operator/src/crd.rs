@@ -111,8 +111,9 @@ impl Default for HistorySpec {
 #[serde(rename_all = "camelCase")]
 pub struct StreamSpec {
     /// false: no JetStream stream for the tree. Turning it off deletes the tree's stream and the
-    /// messages in it (Redis history stays) when `deletionPolicy` is Delete; with Retain the
-    /// channel is not Ready (`ChangeRefused`) until the stream is removed by hand.
+    /// messages in it (Redis history stays); while a declaration in the tree has `deletionPolicy:
+    /// Retain` it is refused (`ChangeRefused`) until the stream is removed by hand, and while one
+    /// uses queue delivery the stream stays and this declaration is not Ready (`Unsupported`).
     #[serde(default = "enabled")]
     pub enabled: bool,
     /// How long JetStream keeps messages; under a second counts as one second; 0 for no limit.

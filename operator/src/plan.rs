@@ -29,19 +29,19 @@ pub enum SpecError {
          ({stream}): remove spec.stream from this RelayChannel (it then inherits it) or make it match {leader}'s"
     )]
     StreamMismatch { leader: String, root: String, stream: String },
-    /// Queue delivery in a tree whose stream is turned off.
+    /// The tree's stream is asked to go while a declaration in the tree uses queue delivery.
     #[error(
-        "queue delivery needs a JetStream stream, and {leader} turns off the stream of every channel under \
-         {root} (spec.stream.enabled: false): declare this channel in another tree, or turn the stream on"
+        "spec.stream.enabled is false, but {queue} uses queue delivery, which needs the stream of every channel \
+         under {root}: the stream stays until no declaration under {root} uses queue delivery"
     )]
-    QueueWithoutStream { leader: String, root: String },
+    StreamNeeded { queue: String, root: String },
 }
 
 impl SpecError {
     /// The Ready condition's reason for this refusal.
     pub fn reason(&self) -> &'static str {
         match self {
-            SpecError::StreamMismatch { .. } | SpecError::QueueWithoutStream { .. } => "Unsupported",
+            SpecError::StreamMismatch { .. } | SpecError::StreamNeeded { .. } => "Unsupported",
             _ => "InvalidSpec",
         }
     }
@@ -92,7 +92,7 @@ pub struct Desired {
     pub stream_explicit: bool,
     pub queue_consumer: Option<consumer::pull::Config>,
     pub settings: ChannelSettings,
-    /// `deletionPolicy: Retain`: a stream turned off is not deleted.
+    /// A declaration of the tree has `deletionPolicy: Retain`: a stream turned off is not deleted.
     pub retain: bool,
 }
 
@@ -119,10 +119,19 @@ pub fn desired(name: &str, spec: &RelayChannelSpec, declared: &[Declared]) -> Re
             stream: names::stream_name(root),
         });
     }
-    let stream = if leader_stream.enabled { Some(tree_stream(root, &leader_stream)?) } else { None };
-    if spec.delivery == crd::Delivery::Queue && stream.is_none() {
-        return Err(SpecError::QueueWithoutStream { leader: leader_name, root: root.to_owned() });
+    let in_tree = |d: &&Declared| names::root(d.name) == root;
+    // Queue delivery rests on the tree's stream: while a declaration uses it, the stream stays, and
+    // the one that asks for it to go is refused.
+    let queue = (spec.delivery == crd::Delivery::Queue)
+        .then_some(name)
+        .or_else(|| declared.iter().filter(in_tree).find(|d| d.spec.delivery == crd::Delivery::Queue).map(|d| d.name));
+    if let (Some(queue), Some(own)) = (queue, &own)
+        && !own.enabled
+    {
+        return Err(SpecError::StreamNeeded { queue: queue.to_owned(), root: root.to_owned() });
     }
+    let enabled = leader_stream.enabled || queue.is_some();
+    let stream = if enabled { Some(tree_stream(root, &leader_stream)?) } else { None };
     let subject = names::subject(name);
     let ack_wait = duration("queue.ackWait", &spec.queue.ack_wait)?.max(Duration::from_secs(1));
     let queue_consumer = (spec.delivery == crd::Delivery::Queue).then(|| consumer::pull::Config {
@@ -179,7 +188,8 @@ pub fn desired(name: &str, spec: &RelayChannelSpec, declared: &[Declared]) -> Re
         stream_explicit,
         queue_consumer,
         settings,
-        retain: spec.deletion_policy == crd::DeletionPolicy::Retain,
+        retain: spec.deletion_policy == crd::DeletionPolicy::Retain
+            || declared.iter().filter(in_tree).any(|d| d.spec.deletion_policy == crd::DeletionPolicy::Retain),
     })
 }
 
@@ -470,25 +480,34 @@ mod tests {
     }
 
     #[test]
-    fn a_tree_can_go_without_a_stream_but_not_for_queue_delivery() {
-        let off = spec(serde_json::json!({"stream": {"enabled": false}, "deletionPolicy": "Retain"}));
+    fn a_tree_can_go_without_a_stream_unless_queue_delivery_needs_it() {
+        let off = spec(serde_json::json!({"stream": {"enabled": false}}));
         let d = alone("feed", &off).unwrap();
         assert!(d.stream.is_none() && d.settings.stream.is_none(), "no stream, and relays publish without one");
-        assert_eq!((d.stream_name.as_str(), d.retain), ("RELAY_feed", true), "named, to remove an old one");
-        // A nested declaration inherits it; queue delivery there is refused, naming the leader.
+        assert_eq!((d.stream_name.as_str(), d.retain), ("RELAY_feed", false), "named, to remove an old one");
+        // A nested declaration inherits it; one with Retain keeps the tree's stream from deletion.
         let plain = spec(serde_json::json!({}));
+        let retained = spec(serde_json::json!({"deletionPolicy": "Retain"}));
+        let tree = [
+            Declared { name: "feed", owner: "a/feed".into(), spec: &off },
+            Declared { name: "feed.news", owner: "a/feed.news".into(), spec: &retained },
+        ];
+        let news = desired("feed.news", &retained, &tree).unwrap();
+        assert!(news.settings.stream.is_none());
+        assert!(news.retain && desired("feed", &off, &tree).unwrap().retain, "Retain anywhere in the tree");
+        // Queue delivery in the tree: the stream stays for everyone, and the declaration that asks
+        // for it to go is refused, naming the one that needs it.
         let queue = spec(serde_json::json!({"delivery": "queue"}));
-        let all = [
+        let tree = [
             Declared { name: "feed", owner: "a/feed".into(), spec: &off },
             Declared { name: "feed.news", owner: "a/feed.news".into(), spec: &plain },
             Declared { name: "feed.jobs", owner: "a/feed.jobs".into(), spec: &queue },
         ];
-        assert!(desired("feed.news", &plain, &all).unwrap().settings.stream.is_none());
-        let e = desired("feed.jobs", &queue, &all).unwrap_err();
+        let e = desired("feed", &off, &tree).unwrap_err();
         assert_eq!(e.reason(), "Unsupported");
-        assert!(e.to_string().contains("feed") && e.to_string().contains("enabled: false"), "{e}");
-        let alone_queue = spec(serde_json::json!({"delivery": "queue", "stream": {"enabled": false}}));
-        assert!(matches!(alone("jobs", &alone_queue), Err(SpecError::QueueWithoutStream { .. })));
+        assert!(e.to_string().contains("feed.jobs uses queue delivery"), "{e}");
+        assert!(desired("feed.news", &plain, &tree).unwrap().settings.stream.is_some());
+        assert!(desired("feed.jobs", &queue, &tree).unwrap().queue_consumer.is_some());
         // On by default.
         assert!(alone("feed", &plain).unwrap().settings.stream.is_some());
     }

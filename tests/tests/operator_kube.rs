@@ -195,9 +195,9 @@ async fn two_operators_one_leads_and_the_other_takes_over_when_it_dies() {
     assert!(b.metrics().await.contains("relay_operator_leader 1"));
 }
 
-/// `spec.stream.enabled: false`: the tree goes without a JetStream stream (an old one is deleted,
-/// or with Retain refused until removed by hand), the relay publishes without one, and queue
-/// delivery, which needs it, is refused.
+/// `spec.stream.enabled: false`: the tree goes without a JetStream stream (an old one is deleted;
+/// with Retain anywhere in the tree, refused until removed by hand), the relay publishes without
+/// one, and while a declaration in the tree uses queue delivery the stream stays.
 #[tokio::test]
 async fn a_tree_can_go_without_a_jetstream_stream() {
     let stack = Stack::with(StackOptions { relays: 1, ..Default::default() }).await;
@@ -206,13 +206,8 @@ async fn a_tree_can_go_without_a_jetstream_stream() {
     install_crd(&client).await;
     namespace(&client, "team").await;
     let api: Api<RelayChannel> = Api::namespaced(client.clone(), "team");
-    let err = api
-        .create(
-            &PostParams::default(),
-            &channel("jobs", serde_json::json!({"delivery": "queue", "stream": {"enabled": false}})),
-        )
-        .await
-        .unwrap_err();
+    let queue_off = serde_json::json!({"delivery": "queue", "stream": {"enabled": false}});
+    let err = api.create(&PostParams::default(), &channel("jobs", queue_off)).await.unwrap_err();
     let kube::Error::Api(status) = err else { panic!("{err:?}") };
     assert!(status.message.contains("queue delivery needs the JetStream stream"), "{}", status.message);
 
@@ -224,44 +219,67 @@ async fn a_tree_can_go_without_a_jetstream_stream() {
     )
     .await;
     let js = async_nats::jetstream::new(async_nats::connect(stack.nats.url()).await.unwrap());
-    let (feed, kept) = (unique("feed"), unique("kept"));
-    let unlimited = serde_json::json!({"limits": {"publishPerSecondPerUser": 0}});
-    api.create(&PostParams::default(), &channel(&feed, unlimited.clone())).await.unwrap();
-    let retained = serde_json::json!({"deletionPolicy": "Retain"});
-    api.create(&PostParams::default(), &channel(&kept, retained)).await.unwrap();
-    wait_ready(&api, &feed, "True", "Reconciled", 1).await;
-    wait_ready(&api, &kept, "True", "Reconciled", 1).await;
-    assert!(js.get_stream(names::stream_name(&feed)).await.is_ok());
+    let exists = |root: &str| {
+        let (js, name) = (js.clone(), names::stream_name(root));
+        async move { js.get_stream(name).await.is_ok() }
+    };
+    let (feed, kept, work) = (unique("feed"), unique("kept"), unique("work"));
+    let declarations = [
+        (feed.clone(), serde_json::json!({"limits": {"publishPerSecondPerUser": 0}})),
+        (kept.clone(), serde_json::json!({})),
+        (format!("{kept}.news"), serde_json::json!({"deletionPolicy": "Retain"})),
+        (work.clone(), serde_json::json!({})),
+        (format!("{work}.jobs"), serde_json::json!({"delivery": "queue"})),
+    ];
+    for (name, spec) in &declarations {
+        api.create(&PostParams::default(), &channel(name, spec.clone())).await.unwrap();
+    }
+    for (name, _) in &declarations {
+        wait_ready(&api, name, "True", "Reconciled", 1).await;
+    }
+    assert!(exists(&feed).await);
 
     // Turned off: the stream goes, the status says so, and the relay publishes without it.
     let off = serde_json::json!({"spec": {"stream": {"enabled": false}}});
     api.patch(&feed, &PatchParams::default(), &Patch::Merge(&off)).await.unwrap();
     wait_ready(&api, &feed, "True", "Reconciled", 2).await;
-    let rc = api.get(&feed).await.unwrap();
-    let status = rc.status.unwrap();
+    let status = api.get(&feed).await.unwrap().status.unwrap();
     assert!(status.stream.is_none(), "{status:?}");
     assert!(status.conditions[0].message.contains("no JetStream stream"), "{status:?}");
-    assert!(js.get_stream(names::stream_name(&feed)).await.is_err(), "the stream was deleted");
+    assert!(!exists(&feed).await, "the stream was deleted");
     let alice = stack.pocketbase.create_user("alice").await;
     let mut c = stack.client(0).await;
     let mut sub = eventually_subscribed(&mut c, &alice.token, &feed).await;
     let sent = c.publish(&alice.token, &feed, "no stream needed").await.unwrap();
     assert_eq!(sub.messages(1, T).await, vec![sent]);
-    assert!(js.get_stream(names::stream_name(&feed)).await.is_err(), "and none came back");
+    tokio::time::sleep(Duration::from_millis(1500)).await; // past a resync
+    assert!(!exists(&feed).await, "and none came back");
 
-    // With Retain, the stream and its messages are not deleted behind the owner's back.
+    // A nested declaration retains its data: the stream is not deleted behind its owner's back, and
+    // relays keep publishing through it.
     api.patch(&kept, &PatchParams::default(), &Patch::Merge(&off)).await.unwrap();
     wait_ready(&api, &kept, "False", "ChangeRefused", 2).await;
-    let rc = api.get(&kept).await.unwrap();
-    let message = &rc.status.unwrap().conditions[0].message;
+    let message = api.get(&kept).await.unwrap().status.unwrap().conditions[0].message.clone();
     assert!(message.contains(&format!("nats stream rm {}", names::stream_name(&kept))), "{message}");
-    assert!(js.get_stream(names::stream_name(&kept)).await.is_ok());
+    assert!(exists(&kept).await);
+    let mut redis = stack.redis.connection().await;
+    let raw: String = redis::AsyncCommands::get(&mut redis, names::settings_key(&kept)).await.unwrap();
+    let settings = relay_channel::ChannelSettings::from_json(&raw).unwrap();
+    assert_eq!(settings.stream, Some(names::stream_name(&kept)), "still in force with its stream");
+
+    // Queue delivery in the tree: the stream stays, and the declaration asking it to go is refused.
+    api.patch(&work, &PatchParams::default(), &Patch::Merge(&off)).await.unwrap();
+    wait_ready(&api, &work, "False", "Unsupported", 2).await;
+    let message = api.get(&work).await.unwrap().status.unwrap().conditions[0].message.clone();
+    assert!(message.contains(&format!("{work}.jobs uses queue delivery")), "{message}");
+    assert!(exists(&work).await);
+    wait_ready(&api, &format!("{work}.jobs"), "True", "Reconciled", 1).await;
 
     // Turned on again: the stream is made again.
     let on = serde_json::json!({"spec": {"stream": {"enabled": true}}});
     api.patch(&feed, &PatchParams::default(), &Patch::Merge(&on)).await.unwrap();
     wait_ready(&api, &feed, "True", "Reconciled", 3).await;
-    assert!(js.get_stream(names::stream_name(&feed)).await.is_ok());
+    assert!(exists(&feed).await);
     assert!(api.get(&feed).await.unwrap().status.unwrap().stream.is_some());
 }
 

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use relay_channel::{WireMessage, names};
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use crate::bus::{Bus, bounded};
 use crate::error::Result;
@@ -27,8 +28,13 @@ const GIVE_UP_AFTER: Duration = Duration::from_secs(300);
 struct Pending {
     message: WireMessage,
     jetstream: bool,
-    since: tokio::time::Instant,
+    since: Instant,
+    /// Not tried again before this (NATS refused it while others went through).
+    retry_at: Instant,
 }
+
+/// How long a message NATS refused waits before it is tried again; the others go on meanwhile.
+const REFUSED_RETRY: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 pub struct Republisher {
@@ -44,16 +50,24 @@ impl Republisher {
             queue.pop_front();
             crate::metrics::dropped("republish_queue_full");
         }
-        queue.push_back(Pending { message, jetstream, since: tokio::time::Instant::now() });
+        let now = Instant::now();
+        queue.push_back(Pending { message, jetstream, since: now, retry_at: now });
         drop(queue);
         self.wake.notify_one();
     }
 
     /// Publishes what waits, oldest first, pausing while NATS is away.
     pub async fn run(&self, bus: Bus) {
+        // Messages passed over in a row because they are not due: a whole round of them means
+        // nothing is due, and the loop waits a little rather than spin.
+        let mut passed = 0;
         loop {
-            let next = self.queue.lock().expect("republish lock").pop_front();
-            let Some(p) = next else {
+            let (next, waiting) = {
+                let mut queue = self.queue.lock().expect("republish lock");
+                (queue.pop_front(), queue.len())
+            };
+            let Some(mut p) = next else {
+                passed = 0;
                 self.wake.notified().await;
                 continue;
             };
@@ -61,16 +75,28 @@ impl Republisher {
                 crate::metrics::dropped("republish_gave_up");
                 continue;
             }
+            if p.retry_at > Instant::now() {
+                self.queue.lock().expect("republish lock").push_back(p);
+                passed += 1;
+                if passed > waiting {
+                    passed = 0;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                continue;
+            }
+            passed = 0;
             if let Err(e) = publish(&bus, &p.message, p.jetstream).await {
                 tracing::debug!(channel = %p.message.channelid, seq = p.message.seq, error = %e, "republishing; will retry");
-                // NATS away: everything waits, oldest first. NATS there but refusing this one (its
-                // stream gone, say): the others go ahead of it rather than wait for its give-up.
-                let away = !bus.connected();
-                {
-                    let mut queue = self.queue.lock().expect("republish lock");
-                    if away { queue.push_front(p) } else { queue.push_back(p) }
+                if bus.connected() {
+                    // NATS there but refusing this one (its stream gone, say): the others go ahead
+                    // of it rather than wait behind it.
+                    p.retry_at = Instant::now() + REFUSED_RETRY;
+                    self.queue.lock().expect("republish lock").push_back(p);
+                } else {
+                    // NATS away: everything waits, oldest first.
+                    self.queue.lock().expect("republish lock").push_front(p);
+                    tokio::time::sleep(Duration::from_millis(500)).await;
                 }
-                tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
     }

@@ -102,7 +102,7 @@ pub async fn publish_as(relay: &Relay, user: crate::auth::User, req: PublishRequ
             let announced =
                 covered.announce_once(|| republisher.publish_in_order(&bus, &covered.messages, jetstream)).await;
             if !announced && appended.replicated {
-                // Behind them, in the republisher's order.
+                // Behind them in the republisher (which does not keep order among the batch's own).
                 let seq = message.seq;
                 republisher.push(message, jetstream);
                 return Err(Error::Retry(format!(

@@ -67,11 +67,6 @@ for i = 1, n do
   end
 end
 if not epoch then return out end
-if track then
-  -- What no mark covered within the history's length is history's business no more.
-  local extra = redis.call('ZCARD', pending) - max_messages
-  if extra > 0 then redis.call('ZREMRANGEBYRANK', pending, 0, extra - 1) end
-end
 if max_age > 0 and sec > max_age then
   -- Trim what is older than the channel's retention, and only that: the first entry inside it is
   -- found by binary search (the newest entry is inside, so the search has an end).
@@ -81,6 +76,11 @@ if max_age > 0 and sec > max_age then
   if head and expired(head) then
     redis.call('XTRIM', history, 'MINID', id(search(history, seq_of(head), seq, expired)))
   end
+end
+if track then
+  -- What history no longer holds is no one's to announce.
+  local head = redis.call('XRANGE', history, '-', '+', 'COUNT', 1)[1]
+  if head then redis.call('ZREMRANGEBYSCORE', pending, '-inf', '(' .. seq_of(head)) end
 end
 if idle > 0 then
   redis.call('EXPIRE', meta, idle)

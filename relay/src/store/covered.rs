@@ -7,16 +7,17 @@
 //! fault checker's Sentinel run found exactly that).
 //!
 //! `append.lua` records each seq it hands out in the channel's pending set, in the same atomic
-//! call, so the record survives whatever the relay does next. `durable.lua` takes out of it the
-//! marking batch's own messages, and hands back the earlier ones it covers that are older than
-//! the WAIT timeout, oldest first, whatever relay appended them (a younger one may still be
-//! confirmed by its own relay's WAIT, which then announces it: handing it back too would send
-//! every message of a busy channel twice when several relays publish to it). The marking batch
-//! announces them before its own messages, once ([`Covered::announce_once`]).
+//! call, so the record survives whatever the relay does next. `durable.lua` takes the marking
+//! batch's own seqs out of it, and hands back every earlier one still there, oldest first, whatever
+//! relay appended it. The marking batch announces them before its own messages, once
+//! ([`Covered::announce_once`]). When relays publish to a channel at once, a mark often finds
+//! another relay's batch whose own mark has not run yet: both announce it, and subscribers drop
+//! the copy by seq (JetStream by message id). That costs at most one extra publish per message in
+//! that case, which is what never announcing a later message first takes.
 //!
-//! What is left: a relay that dies between its append and its mark leaves its messages pending
-//! until a later mark finds them old enough, after that mark's own batch; one that dies between a
-//! mark and the announcement leaves what the mark handed back to their publishers' retries.
+//! What is left (a double fault each): a mark whose script ran but whose answer was lost leaves
+//! what it took out of the set to the publishers' retries, as does a relay that dies between its
+//! mark and the announcement; a mark hands back at most [`MAX_COVERED`], the rest after its batch.
 
 use relay_channel::WireMessage;
 use tokio::sync::OnceCell;

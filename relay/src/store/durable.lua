@@ -1,16 +1,15 @@
 -- After a WAIT said replicas have a batch: records that replicas have the channel's messages up to
 -- its highest seq, so readers that read only what a failover cannot take back may read them, and
--- hands back the earlier messages that were appended but never covered by a mark (their own WAIT
--- failed, their reply was lost, their relay died): replication is in order, so they are on the
--- replicas now too, and they must be announced before the batch.
+-- hands back the earlier messages no mark covered yet (their own WAIT failed, their reply was
+-- lost, their relay died, or their relay's mark simply has not run yet): replication is in order,
+-- so they are on the replicas now too, and they must be announced before the batch.
 -- KEYS: 1 history stream, 2 meta hash, 3 pending set
 -- ARGV: 1 the epoch, 2 the batch's highest seq, 3 the id of the message stored at it, 4 the most
---       earlier messages to hand back, 5 how old (ms) a message must be to be handed back (the
---       WAIT timeout: a younger one may still be confirmed and announced by its own relay), then
---       the batch's other seqs in this epoch (announced by the batch itself)
+--       earlier messages to hand back, then the batch's seqs in this epoch (announced by the
+--       batch itself)
 -- Returns {1, entries} when this node holds that message (that id at that seq, in that epoch):
--- the mark is at or past it, and entries are the earlier uncovered messages still in history,
--- oldest first, as stream entries; {0, {}} when it does not (it is not the master that took it).
+-- the mark is at or past it, and entries are the earlier pending messages still in history, oldest
+-- first, as stream entries; {0, {}} when it does not (it is not the master that took it).
 local history, meta, pending = KEYS[1], KEYS[2], KEYS[3]
 if redis.call('HGET', meta, 'epoch') ~= ARGV[1] then return {0, {}} end
 local seq = tonumber(ARGV[2])
@@ -24,32 +23,13 @@ end
 if not found then return {0, {}} end
 local durable = tonumber(redis.call('HGET', meta, 'durable') or '0')
 if seq > durable then redis.call('HSET', meta, 'durable', seq) end
-local ours = {[seq] = true}
-redis.call('ZREM', pending, ARGV[2])
-for i = 6, #ARGV do
-  ours[tonumber(ARGV[i])] = true
-  redis.call('ZREM', pending, ARGV[i])
-end
-local sec, nsec = now()
-local age_ms = tonumber(ARGV[5])
-local cutoff
-if nsec < (age_ms % 1000) * 1000000 then
-  cutoff = string.format('%d%09d', sec - math.floor(age_ms / 1000) - 1, nsec + 1000000000 - (age_ms % 1000) * 1000000)
-else
-  cutoff = string.format('%d%09d', sec - math.floor(age_ms / 1000), nsec - (age_ms % 1000) * 1000000)
-end
+if #ARGV >= 5 then redis.call('ZREM', pending, unpack(ARGV, 5)) end
 local covered = {}
-local uncovered = redis.call('ZRANGEBYSCORE', pending, '-inf', seq, 'LIMIT', 0, tonumber(ARGV[4]))
-for _, member in ipairs(uncovered) do
+local earlier = redis.call('ZRANGEBYSCORE', pending, '-inf', '(' .. seq, 'LIMIT', 0, tonumber(ARGV[4]))
+for _, member in ipairs(earlier) do
+  redis.call('ZREM', pending, member)
   local s = tonumber(member)
-  if not ours[s] then
-    local e = redis.call('XRANGE', history, id(s), id(s))[1]
-    if not e then
-      redis.call('ZREM', pending, member)
-    elseif lt(ts_of(e), cutoff) then
-      redis.call('ZREM', pending, member)
-      covered[#covered + 1] = e
-    end
-  end
+  local e = redis.call('XRANGE', history, id(s), id(s))[1]
+  if e then covered[#covered + 1] = e end
 end
 return {1, covered}

@@ -337,12 +337,12 @@ impl Store {
 
     /// After a WAIT said replicas have a batch: lets readers that read only what replicas hold read
     /// it. One mark per epoch, at its highest seq (marks only move forward, and replication is in
-    /// order). The mark is checked against the entry (the same id at that seq, in that epoch) and
-    /// waited for too, so a failover neither takes it back nor lets it expose what replicas lack;
-    /// messages whose mark does not hold are answered as not replicated.
-    /// A mark that fails (Redis away, no answer in time) leaves its messages not replicated: they
-    /// are answered "stored, retry with the same key" and announced by the first later mark that
-    /// covers them, or their retry.
+    /// order). The mark is checked against the entry (the same id at that seq, in that epoch), so a
+    /// relay whose connections straddle an old and a new master cannot expose what the new one's
+    /// replicas lack; messages whose mark does not hold are answered as not replicated. A mark with
+    /// no answer (Redis away, no answer in time) does too: they are answered "stored, retry with
+    /// the same key" and announced by their retry (or, if the mark never ran, by the first later
+    /// mark, which finds them pending).
     ///
     /// The mark hands back the channel's earlier messages no mark covered ([`covered`]): the
     /// batch announces them first ([`Appended::covered`]).
@@ -362,17 +362,17 @@ impl Store {
                 .arg(&epoch)
                 .arg(top.message.seq.to_string())
                 .arg(&top.message.id)
-                .arg(covered::MAX_COVERED)
-                .arg(replication.map_or(0, |r| r.timeout.as_millis()).to_string());
+                .arg(covered::MAX_COVERED);
             for a in appended.iter().flatten().filter(in_epoch) {
                 mark.arg(a.message.seq.to_string());
             }
-            // (whether the mark holds and replicas have it, the earlier messages it handed back)
+            // (whether the mark holds, the earlier messages it handed back). A mark that holds
+            // counts even when its own WAIT fails: the batch's WAIT already vouched for the batch
+            // and everything before it, and the mark left the pending set, so no one else would
+            // announce them. A lost mark only keeps readers behind.
             let (durable, earlier) = match self.eval(conn, &self.scripts.durable, &mark, meta, replication).await {
-                // Handed back, they leave the pending set: announced even when the mark's own WAIT
-                // fails, since the batch's WAIT already vouched for everything before it.
-                Ok((reply, waited)) => match redis::from_redis_value::<(u8, Vec<Entry>)>(reply) {
-                    Ok((1, entries)) => (waited, entries),
+                Ok((reply, _)) => match redis::from_redis_value::<(u8, Vec<Entry>)>(reply) {
+                    Ok((1, entries)) => (true, entries),
                     Ok(_) => (false, Vec::new()),
                     Err(e) => {
                         tracing::debug!(%channel, error = %e, "durable mark answered oddly; the batch counts as not replicated");

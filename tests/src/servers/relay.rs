@@ -65,19 +65,19 @@ impl RelayProc {
         Self { grpc_port, admin_port, proc, env, log }
     }
 
-    /// Starts a relay with exactly this environment and waits until it is ready.
-    pub(crate) async fn start(env: Vec<(String, String)>, log: PathBuf) -> Self {
+    /// Starts a relay and waits until it is ready; what happened, with its log, if it exits first.
+    pub(crate) async fn try_start(env: Vec<(String, String)>, log: PathBuf) -> Result<Self, String> {
         let mut relay = Self::launch(env, log);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         while !relay.ready().await {
             if let Some(status) = relay.exited() {
                 let log = std::fs::read_to_string(&relay.log).unwrap_or_default();
-                panic!("the relay exited ({status}) before it was ready:\n{log}");
+                return Err(format!("the relay exited ({status}) before it was ready:\n{log}"));
             }
             assert!(tokio::time::Instant::now() < deadline, "the relay was not ready within 20s");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        relay
+        Ok(relay)
     }
 
     fn spawn(env: &[(String, String)], log: &Path) -> Proc {

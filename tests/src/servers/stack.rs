@@ -80,9 +80,17 @@ impl Stack {
 
     /// Starts one more relay replica and waits until it is ready.
     pub async fn spawn_relay(&self) -> RelayProc {
-        let (grpc_port, admin_port) = (free_port(), free_port());
-        let log = self.dir.path().join(format!("relay-{grpc_port}.log"));
-        RelayProc::start(self.relay_env(grpc_port, admin_port), log).await
+        let mut attempts = 0;
+        loop {
+            let (grpc_port, admin_port) = (free_port(), free_port());
+            let log = self.dir.path().join(format!("relay-{grpc_port}.log"));
+            match RelayProc::try_start(self.relay_env(grpc_port, admin_port), log).await {
+                Ok(relay) => return relay,
+                // A port taken by another process between its pick and the relay's bind: new ports.
+                Err(why) if why.contains("Address already in use") && attempts < 2 => attempts += 1,
+                Err(why) => panic!("{why}"),
+            }
+        }
     }
 
     /// What every relay of this stack gets.

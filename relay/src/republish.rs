@@ -100,9 +100,7 @@ impl Republisher {
             }
         }
     }
-}
 
-impl Republisher {
     /// Publishes messages in order, all sent before any confirmation is awaited. Returns whether
     /// they all went out; if not, they all wait here, in order (copies are harmless).
     pub async fn publish_in_order(&self, bus: &Bus, messages: &[WireMessage], jetstream: bool) -> bool {
@@ -119,20 +117,30 @@ impl Republisher {
     }
 }
 
+/// Publishes a stored message: through JetStream (waiting for its ack) or core NATS (waiting for
+/// the server to confirm), with deadlines.
+pub async fn publish(bus: &Bus, message: &WireMessage, jetstream: bool) -> Result<()> {
+    publish_all(bus, std::slice::from_ref(message), jetstream).await
+}
+
 /// Publishes messages in order on the one connection, then waits for JetStream's acks (or the
-/// server's confirmation) of all of them.
+/// server's confirmation) of all of them, each step with a deadline.
 async fn publish_all(bus: &Bus, messages: &[WireMessage], jetstream: bool) -> Result<()> {
     bus.ensure_connected()?;
     let generation = bus.generation();
+    // The trace context, while traces are on: the delivering relays continue the trace.
+    let traced = crate::telemetry::headers();
     let mut acks = Vec::new();
     for m in messages {
         let (subject, payload) = (names::subject(&m.channelid), bytes::Bytes::from(m.to_json()));
         if jetstream {
-            let mut headers = async_nats::HeaderMap::new();
+            let mut headers = traced.clone().unwrap_or_default();
             headers.insert("Nats-Msg-Id", m.id.as_str());
             acks.push(
                 bounded("jetstream publish", bus.jetstream.publish_with_headers(subject, headers, payload)).await?,
             );
+        } else if let Some(headers) = &traced {
+            bounded("nats publish", bus.client.publish_with_headers(subject, headers.clone(), payload)).await?;
         } else {
             bounded("nats publish", bus.client.publish(subject, payload)).await?;
         }
@@ -141,23 +149,4 @@ async fn publish_all(bus: &Bus, messages: &[WireMessage], jetstream: bool) -> Re
         bounded("jetstream ack", ack.into_future()).await?;
     }
     if jetstream { Ok(()) } else { bus.confirm_since(generation).await }
-}
-
-/// Publishes a stored message: through JetStream (waiting for its ack) or core NATS (waiting for
-/// the server to confirm), with deadlines.
-pub async fn publish(bus: &Bus, message: &WireMessage, jetstream: bool) -> Result<()> {
-    bus.ensure_connected()?;
-    let subject = names::subject(&message.channelid);
-    let payload = bytes::Bytes::from(message.to_json());
-    // The trace context, while traces are on: the delivering relays continue the trace.
-    let traced = crate::telemetry::headers();
-    if jetstream {
-        let mut headers = traced.unwrap_or_default();
-        headers.insert("Nats-Msg-Id", message.id.as_str());
-        let ack = bounded("jetstream publish", bus.jetstream.publish_with_headers(subject, headers, payload)).await?;
-        bounded("jetstream ack", ack.into_future()).await?;
-        Ok(())
-    } else {
-        bus.publish_confirmed(subject, traced, payload).await
-    }
 }

@@ -309,13 +309,21 @@ impl Backends {
     /// A tree whose stream is turned off: its stream is deleted, messages and consumers with it
     /// (Redis history stays).
     async fn remove_stream(&self, name: &str, out: &mut Outcome) -> Result<(), BackendError> {
-        match self.js.delete_stream(name).await {
-            Ok(_) => out.changes.push(format!("deleted stream {name} (spec.stream.enabled is false)")),
-            Err(e) if matches!(e.kind(), context::DeleteStreamErrorKind::JetStream(j) if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
-                {}
-            Err(e) => return Err(nats("delete stream", e)),
+        if self.delete_stream(name).await? {
+            out.changes.push(format!("deleted stream {name} (spec.stream.enabled is false)"));
         }
         Ok(())
+    }
+
+    /// Deletes a stream; false when there was none.
+    async fn delete_stream(&self, name: &str) -> Result<bool, BackendError> {
+        match self.js.delete_stream(name).await {
+            Ok(_) => Ok(true),
+            Err(e) if matches!(e.kind(), context::DeleteStreamErrorKind::JetStream(j) if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) => {
+                Ok(false)
+            }
+            Err(e) => Err(nats("delete stream", e)),
+        }
     }
 
     /// The channel's queue consumer: made or updated for queue delivery, removed otherwise.
@@ -459,12 +467,7 @@ impl Backends {
         // (`Retain`) are still in it.
         let undeclared = !remaining.iter().any(|d| names::root(d.name) == root);
         if undeclared && stream.info().await.map_err(|e| nats("stream info", e))?.state.messages == 0 {
-            match self.js.delete_stream(&stream_name).await {
-                Ok(_) => {}
-                Err(e) if matches!(e.kind(), context::DeleteStreamErrorKind::JetStream(j) if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
-                    {}
-                Err(e) => return Err(nats("delete stream", e)),
-            }
+            self.delete_stream(&stream_name).await?;
         }
         Ok(())
     }

@@ -7,14 +7,21 @@
 //! stream ends with RESOURCE_EXHAUSTED rather than growing memory; the client resumes from its last
 //! `seq`. An ending status jumps the queue, so a client that cannot drain still learns why it was
 //! cut off.
+//!
+//! Every live message passes through here once per stream, so the drain is written for that: it
+//! takes what is queued with one atomic load per event, and only registers for the stream's end
+//! when the queue is empty (a `select!` per event cost a lock and a waiter registration each, 4% of
+//! the relay's CPU in the broadcast benchmark).
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
 use futures::Stream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
-use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::sync::{CancellationToken, DropGuard, WaitForCancellationFutureOwned};
 use tonic::Status;
 
 use crate::proto::SubscribeResponse;
@@ -43,6 +50,8 @@ pub struct Outbox {
 
 struct End {
     status: Mutex<Option<Status>>,
+    /// Set by [`Outbox::end`] before `done` is cancelled: the drain reads it per event.
+    ended: AtomicBool,
     /// Cancelled when the stream ends for any reason, including the client leaving.
     done: CancellationToken,
 }
@@ -52,11 +61,18 @@ impl Outbox {
     /// client left) cancels [`Outbox::done`].
     pub fn new(capacity: usize) -> (Self, ResponseStream) {
         let (tx, rx) = mpsc::channel(capacity);
-        let end = Arc::new(End { status: Mutex::new(None), done: CancellationToken::new() });
+        let end =
+            Arc::new(End { status: Mutex::new(None), ended: AtomicBool::new(false), done: CancellationToken::new() });
         let patient = Arc::new(Semaphore::new((capacity / 2).max(1)));
         let outbox = Self { tx, end: end.clone(), busy: Arc::new(AtomicBool::new(false)), patient };
-        let guard = end.done.clone().drop_guard();
-        (outbox, Box::pin(drain(rx, end, guard)))
+        let drain = Drain {
+            done: end.done.clone().cancelled_owned(),
+            _guard: end.done.clone().drop_guard(),
+            rx,
+            end,
+            finished: false,
+        };
+        (outbox, Box::pin(drain))
     }
 
     /// Waits for room: for history, which the server produces at the client's pace.
@@ -76,6 +92,8 @@ impl Outbox {
         self.busy.store(true, Ordering::Relaxed);
         match self.tx.try_send((Box::new(event), None)) {
             Ok(()) => Ok(()),
+            // Ended already: the drain stopped taking events, which is no slow consumer.
+            Err(mpsc::error::TrySendError::Full(_)) if self.end.ended.load(Ordering::Acquire) => Err(Closed),
             Err(mpsc::error::TrySendError::Full(_)) => {
                 crate::metrics::dropped("slow_consumer");
                 self.end(Status::resource_exhausted(
@@ -106,6 +124,7 @@ impl Outbox {
     /// Ends the stream with `status` (the first ending wins).
     pub fn end(&self, status: Status) {
         self.end.status.lock().expect("outbox lock").get_or_insert(status);
+        self.end.ended.store(true, Ordering::Release);
         self.end.done.cancel();
     }
 
@@ -120,46 +139,52 @@ impl Outbox {
     }
 }
 
-struct Drain {
-    rx: mpsc::Receiver<Item>,
-    end: Arc<End>,
-    finished: bool,
-    _guard: DropGuard,
+pin_project_lite::pin_project! {
+    /// The stream tonic writes from: queued events until the stream ends, then its status.
+    struct Drain {
+        rx: mpsc::Receiver<Item>,
+        end: Arc<End>,
+        // Registered only while the queue is empty.
+        #[pin]
+        done: WaitForCancellationFutureOwned,
+        finished: bool,
+        _guard: DropGuard,
+    }
 }
 
-fn drain(
-    rx: mpsc::Receiver<Item>,
-    end: Arc<End>,
-    guard: DropGuard,
-) -> impl Stream<Item = Result<SubscribeResponse, Status>> + Send {
-    let state = Drain { rx, end, finished: false, _guard: guard };
-    futures::stream::unfold(state, |mut st| async move {
-        if st.finished {
-            return None;
+impl Stream for Drain {
+    type Item = Result<SubscribeResponse, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.project();
+        if *this.finished {
+            return Poll::Ready(None);
         }
-        let item = tokio::select! {
-            biased;
-            _ = st.end.done.cancelled() => None,
-            item = st.rx.recv() => item,
-        };
-        match item {
-            // The permit, if any, goes with the event: its room is free again.
-            Some((event, permit)) => {
-                if let Some(crate::proto::subscribe_response::Event::Message(m)) = &event.event {
-                    // Latency only for live broadcast and perUser messages: history pages (sent
-                    // with a permit) and queue messages (which wait for a worker) are old by design.
-                    let live = permit.is_none() && !m.needs_ack;
-                    crate::metrics::delivered(live.then_some(m.ts));
+        // An ending status jumps the queue.
+        if !this.end.ended.load(Ordering::Acquire) {
+            match this.rx.poll_recv(cx) {
+                // The permit, if any, goes with the event: its room is free again.
+                Poll::Ready(Some((event, permit))) => {
+                    if let Some(crate::proto::subscribe_response::Event::Message(m)) = &event.event {
+                        // Latency only for live broadcast and perUser messages: history pages (sent
+                        // with a permit) and queue messages (which wait for a worker) are old by design.
+                        let live = permit.is_none() && !m.needs_ack;
+                        crate::metrics::delivered(live.then_some(m.ts));
+                    }
+                    return Poll::Ready(Some(Ok(*event)));
                 }
-                Some((Ok(*event), st))
-            }
-            None => {
-                st.finished = true;
-                let status = st.end.status.lock().expect("outbox lock").take();
-                status.map(|s| (Err(s), st))
+                // Every producer is gone: the stream ends, with its status if one was set.
+                Poll::Ready(None) => {}
+                Poll::Pending => {
+                    if this.done.poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                }
             }
         }
-    })
+        *this.finished = true;
+        Poll::Ready(this.end.status.lock().expect("outbox lock").take().map(Err))
+    }
 }
 
 #[cfg(test)]
@@ -181,6 +206,23 @@ mod tests {
         let status = stream.next().await.unwrap().unwrap_err();
         assert_eq!(status.code(), tonic::Code::ResourceExhausted);
         assert!(stream.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn an_ending_status_jumps_the_queue_and_wakes_an_idle_stream() {
+        let (outbox, mut stream) = Outbox::new(4);
+        outbox.offer(beat(1)).unwrap();
+        outbox.end(Status::permission_denied("gone"));
+        assert_eq!(stream.next().await.unwrap().unwrap_err().code(), tonic::Code::PermissionDenied);
+        assert!(stream.next().await.is_none());
+
+        // Waiting on an empty queue, the stream still learns of its end.
+        let (outbox, mut stream) = Outbox::new(4);
+        let waiting = tokio::spawn(async move { stream.next().await.map(|r| r.unwrap_err().code()) });
+        tokio::task::yield_now().await;
+        outbox.end(Status::unavailable("bye"));
+        let woken = tokio::time::timeout(std::time::Duration::from_secs(5), waiting).await;
+        assert_eq!(woken.expect("the idle stream was not woken").unwrap(), Some(tonic::Code::Unavailable));
     }
 
     #[tokio::test]

@@ -24,10 +24,15 @@ pub async fn run(
     let mut seq = Sequencer::starting_after(last);
     // After a marker of a gap the hub gave up on: the next newer message follows it directly.
     let mut skipping = false;
+    let done = outbox.done();
+    tokio::pin!(done);
     loop {
+        // Messages first: the end is looked at only when none is waiting (an ended stream's
+        // queue refuses them anyway).
         let item = tokio::select! {
-            _ = outbox.done() => return Ok(()),
+            biased;
             item = rx.recv() => item,
+            _ = &mut done => return Ok(()),
         };
         let item = match item {
             Ok(item) => item,

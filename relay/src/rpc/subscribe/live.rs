@@ -24,10 +24,13 @@ pub struct Side {
 
 /// Forwards the channel's live events until the stream ends.
 pub async fn run(ch: &str, mut side: Side, outbox: &Outbox) -> Result<()> {
+    let done = outbox.done();
+    tokio::pin!(done);
     loop {
         let item = tokio::select! {
-            _ = outbox.done() => return Ok(()),
+            biased;
             item = side.rx.recv() => item,
+            _ = &mut done => return Ok(()),
         };
         let item = match item {
             Ok(item) => item,

@@ -27,6 +27,8 @@ pub async fn run(
 ) -> Result<()> {
     let mut share = Share::after(epoch, last);
     let mut reconnected = relay.reconnected.subscribe();
+    let done = outbox.done();
+    tokio::pin!(done);
     loop {
         let deadline = share.deadline();
         let expired = async {
@@ -36,7 +38,7 @@ pub async fn run(
             }
         };
         let out = tokio::select! {
-            _ = outbox.done() => return Ok(()),
+            _ = &mut done => return Ok(()),
             msg = sub.next() => {
                 let msg = msg.ok_or_else(|| Error::unavailable("nats", "subscription closed"))?;
                 match WireMessage::from_json(&msg.payload) {

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use futures::Stream;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::{CancellationToken, DropGuard, WaitForCancellationFutureOwned};
 use tonic::Status;
 
@@ -28,10 +28,15 @@ use crate::proto::SubscribeResponse;
 
 pub type ResponseStream = Pin<Box<dyn Stream<Item = Result<SubscribeResponse, Status>> + Send>>;
 
-/// An event, and the share of the queue it holds when it was sent with backpressure. Boxed: the
-/// queue allocates its slots 32 at a time, and an idle stream's first block of 24-byte slots costs
-/// under 1 KiB where unboxed events (about 200 bytes each) cost 6 KiB.
-type Item = (Box<SubscribeResponse>, Option<OwnedSemaphorePermit>);
+/// A queued event. Boxed: the queue allocates its slots 32 at a time, and an idle stream's first
+/// block of 8-byte slots costs a quarter KiB where unboxed events (about 200 bytes each) cost 6 KiB.
+struct Queued {
+    event: SubscribeResponse,
+    /// Sent with backpressure: it holds one of the queue's patient places until taken.
+    patient: bool,
+}
+
+type Item = Box<Queued>;
 
 /// The stream is gone (client left or it was ended): producers stop.
 #[derive(Debug)]
@@ -41,19 +46,20 @@ pub struct Closed;
 #[derive(Clone)]
 pub struct Outbox {
     tx: mpsc::Sender<Item>,
-    end: Arc<End>,
-    /// Set on every message; the heartbeat clears it and only beats when it was already clear.
-    busy: Arc<AtomicBool>,
-    /// The part of the queue that waiting senders may fill.
-    patient: Arc<Semaphore>,
+    shared: Arc<Shared>,
 }
 
-struct End {
+/// What the producers and the drain share: one allocation per stream.
+struct Shared {
     status: Mutex<Option<Status>>,
     /// Set by [`Outbox::end`] before `done` is cancelled: the drain reads it per event.
     ended: AtomicBool,
     /// Cancelled when the stream ends for any reason, including the client leaving.
     done: CancellationToken,
+    /// Set on every message; the heartbeat clears it and only beats when it was already clear.
+    busy: AtomicBool,
+    /// The part of the queue that waiting senders may fill; the drain gives each place back.
+    patient: Semaphore,
 }
 
 impl Outbox {
@@ -61,39 +67,43 @@ impl Outbox {
     /// client left) cancels [`Outbox::done`].
     pub fn new(capacity: usize) -> (Self, ResponseStream) {
         let (tx, rx) = mpsc::channel(capacity);
-        let end =
-            Arc::new(End { status: Mutex::new(None), ended: AtomicBool::new(false), done: CancellationToken::new() });
-        let patient = Arc::new(Semaphore::new((capacity / 2).max(1)));
-        let outbox = Self { tx, end: end.clone(), busy: Arc::new(AtomicBool::new(false)), patient };
+        let shared = Arc::new(Shared {
+            status: Mutex::new(None),
+            ended: AtomicBool::new(false),
+            done: CancellationToken::new(),
+            busy: AtomicBool::new(false),
+            patient: Semaphore::new((capacity / 2).max(1)),
+        });
         let drain = Drain {
-            done: end.done.clone().cancelled_owned(),
-            _guard: end.done.clone().drop_guard(),
+            done: shared.done.clone().cancelled_owned(),
+            _guard: shared.done.clone().drop_guard(),
             rx,
-            end,
+            shared: shared.clone(),
             finished: false,
         };
-        (outbox, Box::pin(drain))
+        (Self { tx, shared }, Box::pin(drain))
     }
 
     /// Waits for room: for history, which the server produces at the client's pace.
     pub async fn send(&self, event: SubscribeResponse) -> Result<(), Closed> {
-        self.busy.store(true, Ordering::Relaxed);
+        self.shared.busy.store(true, Ordering::Relaxed);
         tokio::select! {
             r = async {
-                let permit = self.patient.clone().acquire_owned().await.map_err(|_| Closed)?;
-                self.tx.send((Box::new(event), Some(permit))).await.map_err(|_| Closed)
+                // The drain gives the place back when it takes the event.
+                self.shared.patient.acquire().await.map_err(|_| Closed)?.forget();
+                self.tx.send(Box::new(Queued { event, patient: true })).await.map_err(|_| Closed)
             } => r,
-            _ = self.end.done.cancelled() => Err(Closed),
+            _ = self.shared.done.cancelled() => Err(Closed),
         }
     }
 
     /// Queues without waiting: for live messages. A full queue ends the stream as a slow consumer.
     pub fn offer(&self, event: SubscribeResponse) -> Result<(), Closed> {
-        self.busy.store(true, Ordering::Relaxed);
-        match self.tx.try_send((Box::new(event), None)) {
+        self.shared.busy.store(true, Ordering::Relaxed);
+        match self.tx.try_send(Box::new(Queued { event, patient: false })) {
             Ok(()) => Ok(()),
             // Ended already: the drain stopped taking events, which is no slow consumer.
-            Err(mpsc::error::TrySendError::Full(_)) if self.end.ended.load(Ordering::Acquire) => Err(Closed),
+            Err(mpsc::error::TrySendError::Full(_)) if self.shared.ended.load(Ordering::Acquire) => Err(Closed),
             Err(mpsc::error::TrySendError::Full(_)) => {
                 crate::metrics::dropped("slow_consumer");
                 self.end(Status::resource_exhausted(
@@ -108,9 +118,9 @@ impl Outbox {
     /// Queues a live-only event (join, leave, ephemeral) without waiting; a full queue drops it
     /// (they are best effort) rather than ending the stream. Err only when the stream has ended.
     pub fn offer_or_skip(&self, event: SubscribeResponse) -> Result<(), Closed> {
-        match self.tx.try_send((Box::new(event), None)) {
+        match self.tx.try_send(Box::new(Queued { event, patient: false })) {
             Ok(()) => {
-                self.busy.store(true, Ordering::Relaxed);
+                self.shared.busy.store(true, Ordering::Relaxed);
                 Ok(())
             }
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -123,19 +133,19 @@ impl Outbox {
 
     /// Ends the stream with `status` (the first ending wins).
     pub fn end(&self, status: Status) {
-        self.end.status.lock().expect("outbox lock").get_or_insert(status);
-        self.end.ended.store(true, Ordering::Release);
-        self.end.done.cancel();
+        self.shared.status.lock().expect("outbox lock").get_or_insert(status);
+        self.shared.ended.store(true, Ordering::Release);
+        self.shared.done.cancel();
     }
 
     /// Resolves when the stream has ended.
     pub fn done(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
-        self.end.done.cancelled()
+        self.shared.done.cancelled()
     }
 
     /// Whether anything was queued since the last call.
     pub fn take_busy(&self) -> bool {
-        self.busy.swap(false, Ordering::Relaxed)
+        self.shared.busy.swap(false, Ordering::Relaxed)
     }
 }
 
@@ -143,7 +153,7 @@ pin_project_lite::pin_project! {
     /// The stream tonic writes from: queued events until the stream ends, then its status.
     struct Drain {
         rx: mpsc::Receiver<Item>,
-        end: Arc<End>,
+        shared: Arc<Shared>,
         // Registered only while the queue is empty.
         #[pin]
         done: WaitForCancellationFutureOwned,
@@ -161,17 +171,20 @@ impl Stream for Drain {
             return Poll::Ready(None);
         }
         // An ending status jumps the queue.
-        if !this.end.ended.load(Ordering::Acquire) {
+        if !this.shared.ended.load(Ordering::Acquire) {
             match this.rx.poll_recv(cx) {
-                // The permit, if any, goes with the event: its room is free again.
-                Poll::Ready(Some((event, permit))) => {
+                Poll::Ready(Some(queued)) => {
+                    let Queued { event, patient } = *queued;
+                    if patient {
+                        this.shared.patient.add_permits(1);
+                    }
                     if let Some(crate::proto::subscribe_response::Event::Message(m)) = &event.event {
                         // Latency only for live broadcast and perUser messages: history pages (sent
-                        // with a permit) and queue messages (which wait for a worker) are old by design.
-                        let live = permit.is_none() && !m.needs_ack;
+                        // patiently) and queue messages (which wait for a worker) are old by design.
+                        let live = !patient && !m.needs_ack;
                         crate::metrics::delivered(live.then_some(m.ts));
                     }
-                    return Poll::Ready(Some(Ok(*event)));
+                    return Poll::Ready(Some(Ok(event)));
                 }
                 // Every producer is gone: the stream ends, with its status if one was set.
                 Poll::Ready(None) => {}
@@ -183,7 +196,7 @@ impl Stream for Drain {
             }
         }
         *this.finished = true;
-        Poll::Ready(this.end.status.lock().expect("outbox lock").take().map(Err))
+        Poll::Ready(this.shared.status.lock().expect("outbox lock").take().map(Err))
     }
 }
 

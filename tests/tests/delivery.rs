@@ -231,3 +231,36 @@ async fn large_messages_page_within_a_byte_budget_and_one_the_bus_cannot_carry_i
     let page = c.history(&alice.token, &ch, Some(Position::SinceSeq(6)), 100).await.unwrap();
     assert!(page.messages.is_empty(), "nothing was stored");
 }
+
+#[tokio::test]
+async fn an_idle_stream_gets_heartbeats_and_a_busy_one_messages_instead() {
+    let stack =
+        Stack::with(relay_tests::StackOptions { relays: 1, ..Default::default() }.env("RELAY_HEARTBEAT", "2s")).await;
+    let alice = stack.pocketbase.create_user("alice").await;
+    let ch = unique("beat");
+    let mut sub = stack.client(0).await.subscribe(&alice.token, &[(&ch, None)]).await.unwrap();
+    sub.recovery().await;
+    let mut client = stack.client(0).await;
+    // Idle: a heartbeat within a period (and some slack).
+    match sub.try_next(Duration::from_secs(6)).await {
+        Some(Ok(Event::Heartbeat)) => {}
+        other => panic!("an idle stream got {other:?} instead of a heartbeat"),
+    }
+    // Busy (a message every 200 ms, for two periods): messages only, no heartbeat between them.
+    let publisher = tokio::spawn(async move {
+        for i in 0..20 {
+            client.publish(&alice.token, &ch, &format!("m{i}")).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let mut messages = 0;
+    while messages < 20 {
+        match sub.try_next(T).await {
+            Some(Ok(Event::Message(_))) => messages += 1,
+            // The period that was idle when the publishing started may still end in a beat.
+            Some(Ok(Event::Heartbeat)) if messages < 3 => {}
+            other => panic!("a busy stream got {other:?} after {messages} messages"),
+        }
+    }
+    publisher.await.unwrap();
+}

@@ -89,9 +89,12 @@ impl Outbox {
         self.shared.busy.store(true, Ordering::Relaxed);
         tokio::select! {
             r = async {
-                // The drain gives the place back when it takes the event.
-                self.shared.patient.acquire().await.map_err(|_| Closed)?.forget();
-                self.tx.send(Box::new(Queued { event, patient: true })).await.map_err(|_| Closed)
+                let place = self.shared.patient.acquire().await.map_err(|_| Closed)?;
+                self.tx.send(Box::new(Queued { event, patient: true })).await.map_err(|_| Closed)?;
+                // Queued: the drain gives the place back when it takes the event. Forgotten only
+                // now, so a send abandoned while waiting for room gives its place back.
+                place.forget();
+                Ok(())
             } => r,
             _ = self.shared.done.cancelled() => Err(Closed),
         }
@@ -100,6 +103,15 @@ impl Outbox {
     /// Queues without waiting: for live messages. A full queue ends the stream as a slow consumer.
     pub fn offer(&self, event: SubscribeResponse) -> Result<(), Closed> {
         self.shared.busy.store(true, Ordering::Relaxed);
+        self.offer_quietly(event)
+    }
+
+    /// [`Outbox::offer`] without marking the stream busy: for the heartbeat, which must not count
+    /// as traffic that makes the next heartbeat unnecessary.
+    pub fn offer_quietly(&self, event: SubscribeResponse) -> Result<(), Closed> {
+        if self.shared.ended.load(Ordering::Acquire) {
+            return Err(Closed);
+        }
         match self.tx.try_send(Box::new(Queued { event, patient: false })) {
             Ok(()) => Ok(()),
             // Ended already: the drain stopped taking events, which is no slow consumer.
@@ -118,6 +130,9 @@ impl Outbox {
     /// Queues a live-only event (join, leave, ephemeral) without waiting; a full queue drops it
     /// (they are best effort) rather than ending the stream. Err only when the stream has ended.
     pub fn offer_or_skip(&self, event: SubscribeResponse) -> Result<(), Closed> {
+        if self.shared.ended.load(Ordering::Acquire) {
+            return Err(Closed);
+        }
         match self.tx.try_send(Box::new(Queued { event, patient: false })) {
             Ok(()) => {
                 self.shared.busy.store(true, Ordering::Relaxed);
@@ -245,6 +260,47 @@ mod tests {
         drop(stream);
         assert!(outbox.send(beat(2)).await.is_err());
         outbox.done().await;
+    }
+
+    #[tokio::test]
+    async fn an_ended_stream_refuses_events_whatever_the_room() {
+        let (outbox, _stream) = Outbox::new(8);
+        outbox.end(Status::unavailable("bye"));
+        assert!(outbox.offer(beat(1)).is_err());
+        assert!(outbox.offer_or_skip(beat(2)).is_err());
+        assert!(outbox.offer_quietly(beat(3)).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_heartbeat_does_not_mark_the_stream_busy() {
+        let (outbox, _stream) = Outbox::new(8);
+        outbox.offer_quietly(beat(1)).unwrap();
+        assert!(!outbox.take_busy());
+        outbox.offer(beat(2)).unwrap();
+        assert!(outbox.take_busy());
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_send_gives_its_place_back() {
+        // Two places for history; live messages fill the rest of the queue.
+        let (outbox, mut stream) = Outbox::new(4);
+        outbox.send(beat(1)).await.unwrap();
+        outbox.offer(beat(2)).unwrap();
+        outbox.offer(beat(3)).unwrap();
+        outbox.offer(beat(4)).unwrap();
+        // Holds a place, then waits for queue room; given up before any comes.
+        let abandoned = tokio::time::timeout(std::time::Duration::from_millis(50), outbox.send(beat(5))).await;
+        assert!(abandoned.is_err());
+        for _ in 0..4 {
+            stream.next().await.unwrap().unwrap();
+        }
+        // Both places are free again: two sends go through without the drain taking anything.
+        for ts in [6, 7] {
+            tokio::time::timeout(std::time::Duration::from_secs(5), outbox.send(beat(ts)))
+                .await
+                .expect("a place was lost to the abandoned send")
+                .unwrap();
+        }
     }
 
     #[tokio::test]

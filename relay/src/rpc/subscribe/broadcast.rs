@@ -27,8 +27,8 @@ pub async fn run(
     let done = outbox.done();
     tokio::pin!(done);
     loop {
-        // Messages first: the end is looked at only when none is waiting (an ended stream's
-        // queue refuses them anyway).
+        // Messages first: the end is looked at only when none is waiting (offering to an ended
+        // stream fails, which ends this loop too).
         let item = tokio::select! {
             biased;
             item = rx.recv() => item,

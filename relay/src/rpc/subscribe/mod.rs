@@ -216,7 +216,7 @@ async fn watch(relay: &Relay, outbox: &Outbox, stream: &Stream, held: &[(Channel
                     beat_at = now + relay.config.heartbeat;
                     if !outbox.take_busy() {
                         let beat = event(Event::Heartbeat(Heartbeat { ts: crate::now_nanos() }));
-                        if outbox.offer(beat).is_err() {
+                        if outbox.offer_quietly(beat).is_err() {
                             return;
                         }
                     }

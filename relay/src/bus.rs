@@ -9,13 +9,20 @@
 //!   callers share one round trip. A publish or subscribe followed by a confirm is known to the
 //!   server; a confirm that spans a reconnect fails, since what was written to the old connection
 //!   may be lost.
+//! - [`Bus::send`] gathers the JetStream publishes of tasks that run at the same moment (the
+//!   publishes of one Redis batch wake together) into one round, so the connection writes them
+//!   with one system call: sent one by one, each woke the connection's task, which wrote it alone
+//!   (measured: 17% more publishes/s through PublishStream, 6% through unary Publish). Core NATS
+//!   publishes go straight out: each waits for a confirming round trip anyway, and the round's
+//!   yield cost them 8%.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::client::RequestErrorKind;
-use tokio::sync::{Notify, watch};
+use async_nats::jetstream::context::PublishAckFuture;
+use tokio::sync::{Notify, oneshot, watch};
 
 use crate::error::{Error, Result};
 
@@ -35,6 +42,7 @@ pub struct Bus {
     /// what was sent before.
     generation: Arc<AtomicU64>,
     rounds: Arc<Rounds>,
+    gather: Arc<std::sync::Mutex<Option<Vec<Gathered>>>>,
     /// Why connecting fails, when the relay could find out (a TLS certificate refused).
     problem: Arc<std::sync::Mutex<Option<String>>>,
 }
@@ -55,7 +63,7 @@ impl Bus {
             Arc::new(Rounds { next: std::sync::Mutex::new(1), wake: Notify::new(), done: watch::channel((0, 0)).0 });
         tokio::spawn(run_rounds(client.clone(), rounds.clone()));
         let jetstream = async_nats::jetstream::new(client.clone());
-        Self { client, jetstream, generation, rounds, problem: Arc::default() }
+        Self { client, jetstream, generation, rounds, gather: Arc::default(), problem: Arc::default() }
     }
 
     /// Why connecting fails, if known.
@@ -203,4 +211,104 @@ pub async fn bounded<T, E: std::fmt::Display>(
         Ok(Err(e)) => Err(Error::unavailable(what, e.to_string())),
         Err(_) => Err(Error::unavailable(what, format!("no answer within {NATS_TIMEOUT:?}"))),
     }
+}
+
+/// A message ready for the wire.
+pub struct Outgoing {
+    pub subject: String,
+    pub headers: Option<async_nats::HeaderMap>,
+    pub payload: bytes::Bytes,
+}
+
+/// One caller's messages in a sending round, and where their outcome goes.
+struct Gathered {
+    messages: Vec<Outgoing>,
+    done: oneshot::Sender<Result<Vec<PublishAckFuture>>>,
+}
+
+/// Gives the gathered messages up if the task sending them is dropped before it took them: their
+/// callers learn of it instead of waiting.
+struct Leading<'a>(&'a std::sync::Mutex<Option<Vec<Gathered>>>);
+
+impl Leading<'_> {
+    /// The round, taken once: a later round belongs to another leader.
+    fn take(self) -> Vec<Gathered> {
+        let round = self.0.lock().expect("bus lock").take().unwrap_or_default();
+        std::mem::forget(self);
+        round
+    }
+}
+
+impl Drop for Leading<'_> {
+    fn drop(&mut self) {
+        self.0.lock().expect("bus lock").take();
+    }
+}
+
+impl Bus {
+    /// Hands `messages` to the connection in order, through JetStream (returning their acks to
+    /// await) or core NATS; nothing is confirmed yet. For JetStream, the first caller of a round
+    /// lets the tasks already runnable join it (one yield), then sends everyone's messages in a
+    /// row, all within one deadline; a caller's messages keep their order.
+    pub async fn send(&self, messages: Vec<Outgoing>, jetstream: bool) -> Result<Vec<PublishAckFuture>> {
+        if !jetstream {
+            return tokio::time::timeout(NATS_TIMEOUT, self.send_now(messages, false)).await.unwrap_or_else(|_| late());
+        }
+        let (done, outcome) = oneshot::channel();
+        let lead = {
+            let mut gather = self.gather.lock().expect("bus lock");
+            let me = Gathered { messages, done };
+            match gather.as_mut() {
+                Some(round) => {
+                    round.push(me);
+                    false
+                }
+                None => {
+                    *gather = Some(vec![me]);
+                    true
+                }
+            }
+        };
+        if lead {
+            let leading = Leading(&self.gather);
+            tokio::task::yield_now().await;
+            let round = leading.take();
+            // Callers not reached within the deadline learn it from their dropped sender.
+            let _ = tokio::time::timeout(NATS_TIMEOUT, async {
+                for caller in round {
+                    let sent = self.send_now(caller.messages, true).await;
+                    let _ = caller.done.send(sent);
+                }
+            })
+            .await;
+        }
+        match tokio::time::timeout(NATS_TIMEOUT, outcome).await {
+            Ok(Ok(sent)) => sent,
+            Ok(Err(_)) => Err(Error::unavailable("nats publish", "not sent within its deadline")),
+            Err(_) => late(),
+        }
+    }
+
+    async fn send_now(&self, messages: Vec<Outgoing>, jetstream: bool) -> Result<Vec<PublishAckFuture>> {
+        let mut acks = Vec::new();
+        for Outgoing { subject, headers, payload } in messages {
+            if jetstream {
+                let headers = headers.unwrap_or_default();
+                acks.push(self.jetstream.publish_with_headers(subject, headers, payload).await.map_err(unsent)?);
+            } else if let Some(headers) = headers {
+                self.client.publish_with_headers(subject, headers, payload).await.map_err(unsent)?;
+            } else {
+                self.client.publish(subject, payload).await.map_err(unsent)?;
+            }
+        }
+        Ok(acks)
+    }
+}
+
+fn late<T>() -> Result<T> {
+    Err(Error::unavailable("nats publish", format!("not sent within {NATS_TIMEOUT:?}")))
+}
+
+fn unsent(e: impl std::fmt::Display) -> Error {
+    Error::unavailable("nats publish", e.to_string())
 }

@@ -16,7 +16,7 @@ use relay_channel::{WireMessage, names};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::bus::{Bus, bounded};
+use crate::bus::{Bus, Outgoing, bounded};
 use crate::error::Result;
 
 /// Messages waiting at most.
@@ -130,21 +130,17 @@ async fn publish_all(bus: &Bus, messages: &[WireMessage], jetstream: bool) -> Re
     let generation = bus.generation();
     // The trace context, while traces are on: the delivering relays continue the trace.
     let traced = crate::telemetry::headers();
-    let mut acks = Vec::new();
-    for m in messages {
-        let (subject, payload) = (names::subject(&m.channelid), bytes::Bytes::from(m.to_json()));
-        if jetstream {
-            let mut headers = traced.clone().unwrap_or_default();
-            headers.insert("Nats-Msg-Id", m.id.as_str());
-            acks.push(
-                bounded("jetstream publish", bus.jetstream.publish_with_headers(subject, headers, payload)).await?,
-            );
-        } else if let Some(headers) = &traced {
-            bounded("nats publish", bus.client.publish_with_headers(subject, headers.clone(), payload)).await?;
-        } else {
-            bounded("nats publish", bus.client.publish(subject, payload)).await?;
-        }
-    }
+    let outgoing = messages
+        .iter()
+        .map(|m| {
+            let mut headers = traced.clone();
+            if jetstream {
+                headers.get_or_insert_default().insert("Nats-Msg-Id", m.id.as_str());
+            }
+            Outgoing { subject: names::subject(&m.channelid), headers, payload: bytes::Bytes::from(m.to_json()) }
+        })
+        .collect();
+    let acks = bus.send(outgoing, jetstream).await?;
     for ack in acks {
         bounded("jetstream ack", ack.into_future()).await?;
     }

@@ -56,6 +56,8 @@ scenarios=(
 for scenario in "${scenarios[@]}"; do
   case $scenario in
     *--streams-per-connection*) systems=(relay) ;;
+    # Raw NATS' subscribers share 10 connections: the relay's row beside it does the same.
+    fanout*--saturate*) systems=(relay "relay --streams-per-connection 100" "relay --declared" "relay --declared --publish-path stream" centrifugo-memory centrifugo-redis nats) ;;
     *--saturate*) systems=(relay "relay --declared" "relay --declared --publish-path stream" centrifugo-memory centrifugo-redis nats) ;;
     idle*|reconnect*) systems=("${connecting[@]}") ;;
     presence*) systems=(relay centrifugo-memory centrifugo-redis) ;;
